@@ -1,0 +1,329 @@
+"""The front door: ``Comux`` ties consumers, decoders, batches and the producer together."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .batching import Entry, LatestFrames
+from .config import TopicSchema, resolve_bootstrap_servers
+from .consuming import CameraConsumer, ConsumerSettings, DecodeWorker
+from .decoding import CameraDecoder, DecoderConfig, Message, PacketCache, PixFmt
+from .errors import ConfigError, StateError, UnknownCameraError, UnknownIndexError
+from .logs import configure_logging
+from .producing import HeaderValue, ResultProducer
+
+__all__ = ["Comux"]
+
+log = logging.getLogger("comux")
+
+
+class Comux:
+    """Consume many cameras' encoded video from Kafka and serve their newest frames in batches.
+
+    :param cam_ids: camera ids; each one names a topic through ``consume_schema``.
+    :param consume_schema: input topic template holding ``:cam_id``, e.g. ``"raw.:cam_id"``.
+    :param produce_schema: output topic template for :meth:`send`, e.g. ``"out.:cam_id"``.
+    :param log_level: level of the ``comux`` logger.
+    :param log_file: also write the log to this file (rotated at 20 MB).
+    :param decode_threads: decoder worker threads (default: one per core).
+
+    Example::
+
+        with Comux(["cam1", "cam2"], "raw.:cam_id", "out.:cam_id") as cameras:
+            cameras.setup_consumers("127.0.0.1:9092")
+            cameras.setup_decoders(rate=10, W=640, H=360)
+            cameras.setup_producer("127.0.0.1:9092")
+            cameras.start()
+            for cam_id, index, frame in cameras.get_batch(timeout=5) or []:
+                if frame is not None:
+                    cameras.send(cam_id, index, {"people": 3})
+    """
+
+    def __init__(
+        self,
+        cam_ids: Iterable[str],
+        consume_schema: str = "raw.:cam_id",
+        produce_schema: str = "out.:cam_id",
+        log_level: str | int = "ERROR",
+        *,
+        log_file: str | os.PathLike | None = None,
+        decode_threads: int | None = None,
+    ) -> None:
+        if isinstance(cam_ids, str):
+            raise ConfigError("cam_ids must be a list of camera ids, not one string")
+        self.cam_ids: list[str] = []
+        for cam_id in cam_ids:
+            self._check_cam_id(cam_id)
+            if cam_id not in self.cam_ids:
+                self.cam_ids.append(cam_id)
+        self.consume_schema = TopicSchema(consume_schema)
+        self.produce_schema = TopicSchema(produce_schema)
+        configure_logging(log_level, log_file)
+        if decode_threads is not None and decode_threads < 1:
+            raise ConfigError(f"decode_threads must be >= 1, got {decode_threads!r}")
+        self._decode_threads = decode_threads
+        self._consumer: CameraConsumer | None = None
+        self._producer: ResultProducer | None = None
+        self._decoder_config: DecoderConfig | None = None
+        self._decoders: dict[str, CameraDecoder] = {}
+        self._packets: dict[str, PacketCache] = {}
+        self._frames = LatestFrames()
+        self._lock = threading.RLock()
+        self._started = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Comux(cameras={len(self.cam_ids)}, consume={self.consume_schema.template!r}, "
+            f"produce={self.produce_schema.template!r}, started={self._started})"
+        )
+
+    # -- names -------------------------------------------------------------------------------
+
+    def get_topic_from_cam_id(self, cam_id: str) -> str:
+        return self.consume_schema.topic(cam_id)
+
+    def get_cam_id_from_topic(self, topic: str) -> str:
+        return self.consume_schema.cam_id(topic)
+
+    @staticmethod
+    def _check_cam_id(cam_id: Any) -> None:
+        if not isinstance(cam_id, str) or not cam_id:
+            raise ConfigError(f"a cam_id must be a non-empty str, got {cam_id!r}")
+
+    def _known(self, cam_id: str) -> None:
+        if cam_id not in self.cam_ids:
+            raise UnknownCameraError(cam_id)
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def setup_consumers(
+        self,
+        bootstrap_servers: str | Iterable[str] | None = None,
+        end: bool = True,
+        max_offset_diff: int | None = 20,
+        strict_on_fail: bool = True,
+        over_write: bool = False,
+        *,
+        overwrite: bool | None = None,
+        connect_timeout: float = 10.0,
+        **consumer_options: Any,
+    ) -> None:
+        """Create the Kafka consumer and check that a broker answers.
+
+        :param bootstrap_servers: list or comma-separated string (default: ``$COMUX_BOOTSTRAP_SERVERS``).
+        :param end: start from the end of each topic (live); False starts from the earliest offset.
+        :param max_offset_diff: when a camera falls further behind the end of its topic, jump
+            forward to near the end and count the skipped messages; None never jumps.
+        :param strict_on_fail: raise BrokerUnavailableError when no broker answers within
+            ``connect_timeout`` seconds; otherwise log it and keep retrying in the background.
+        :param over_write: replace an existing consumer (``overwrite`` is accepted too).
+        :param consumer_options: librdkafka options, passed through untouched.
+        """
+        if max_offset_diff is not None and max_offset_diff < 1:
+            raise ConfigError(f"max_offset_diff must be >= 1 or None, got {max_offset_diff!r}")
+        with self._lock:
+            replace = over_write if overwrite is None else overwrite
+            if self._consumer is not None:
+                if not replace:
+                    return
+                self._consumer.close()
+                self._decoders.clear()
+            settings = ConsumerSettings(
+                resolve_bootstrap_servers(bootstrap_servers),
+                end=end,
+                max_offset_diff=max_offset_diff,
+                strict_on_fail=strict_on_fail,
+                options=consumer_options,
+                connect_timeout=connect_timeout,
+            )
+            consumer = CameraConsumer(settings, self.consume_schema, decode_threads=self._decode_threads)
+            try:
+                consumer.check()
+            except Exception:
+                if strict_on_fail:
+                    consumer.close(timeout=1.0)
+                    raise
+                log.exception("consumers: broker not reachable yet; retrying in the background")
+            self._consumer = consumer
+            if self._started:
+                self.start()
+
+    def setup_decoders(
+        self,
+        rate: float | None = 10,
+        W: int = 1920,
+        H: int = 1080,
+        de_codec: str = "h264",
+        pix_fmt: PixFmt = "rgb24",
+    ) -> None:
+        """Choose output size ``W``×``H`` and ``pix_fmt``, the codec, and a per-camera fps cap ``rate``."""
+        self._decoder_config = DecoderConfig(
+            rate=rate, width=W, height=H, codec=de_codec, pix_fmt=pix_fmt
+        )
+
+    def setup_producer(
+        self,
+        bootstrap_servers: str | Iterable[str] | None = None,
+        strict_on_fail: bool = True,
+        over_write: bool = False,
+        *,
+        overwrite: bool | None = None,
+        connect_timeout: float = 10.0,
+        **producer_options: Any,
+    ) -> None:
+        """Create the producer used by :meth:`send`; options go to librdkafka untouched."""
+        with self._lock:
+            replace = over_write if overwrite is None else overwrite
+            if self._producer is not None:
+                if not replace:
+                    return
+                self._producer.close()
+            self._producer = ResultProducer(
+                resolve_bootstrap_servers(bootstrap_servers),
+                strict_on_fail=strict_on_fail,
+                options=producer_options,
+                connect_timeout=connect_timeout,
+            )
+
+    def setup_controller(self, *args: Any, **kwargs: Any) -> None:
+        """Control topic: not available yet."""
+        raise NotImplementedError("the control topic is not implemented yet")
+
+    # -- cameras -----------------------------------------------------------------------------
+
+    @property
+    def consumers(self) -> Mapping[str, CameraConsumer]:
+        """The consumer serving each connected camera (one shared consumer per process)."""
+        consumer = self._consumer
+        return {c: consumer for c in self._decoders} if consumer else {}
+
+    @property
+    def threads(self) -> Mapping[str, DecodeWorker]:
+        """The decode thread serving each connected camera."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        return {c: w for w in consumer.workers for c in w.cameras}
+
+    def connect(self, cam_id: str, overwrite: bool = False) -> None:
+        """Subscribe to ``cam_id``'s topic and give it a decoder (adds unknown cameras)."""
+        self._check_cam_id(cam_id)
+        with self._lock:
+            consumer = self._require_consumer()
+            if cam_id in self._decoders:
+                if not overwrite:
+                    return
+                self._disconnect(cam_id)
+            if cam_id not in self.cam_ids:
+                self.cam_ids.append(cam_id)
+            cache = self._packets.setdefault(cam_id, PacketCache())
+            frames = self._frames
+
+            def deliver(index: int, array: np.ndarray | None, msg: Message) -> None:
+                cache.put(index, msg)
+                frames.put(cam_id, index, array)
+
+            decoder = CameraDecoder(cam_id, self._decoder_config or DecoderConfig(), deliver)
+            self._decoders[cam_id] = decoder
+            frames.add(cam_id)
+            consumer.add(decoder)
+
+    def connect_all(self) -> None:
+        for cam_id in list(self.cam_ids):
+            self.connect(cam_id)
+
+    def listen(self, cam_id: str) -> None:
+        """Start delivering ``cam_id``'s frames (connects it first when needed)."""
+        self._known(cam_id)
+        self.connect(cam_id)
+        self._require_consumer().start()
+
+    def start(self) -> None:
+        """Connect every camera and start the consumer and decoder threads."""
+        with self._lock:
+            if self._closed:
+                raise StateError("this Comux is closed")
+            self.connect_all()
+            self._require_consumer().start()
+            self._started = True
+
+    def kill(self, cam_id: str) -> None:
+        """Stop consuming ``cam_id``; it leaves the next batch."""
+        with self._lock:
+            self._known(cam_id)
+            self._disconnect(cam_id)
+            self.cam_ids.remove(cam_id)
+            self._packets.pop(cam_id, None)
+
+    def _disconnect(self, cam_id: str) -> None:
+        if self._decoders.pop(cam_id, None) is not None and self._consumer is not None:
+            self._consumer.remove(cam_id)
+        self._frames.remove(cam_id)
+
+    def _require_consumer(self) -> CameraConsumer:
+        if self._consumer is None:
+            raise StateError("call setup_consumers() first")
+        return self._consumer
+
+    # -- frames ------------------------------------------------------------------------------
+
+    def get(self, cam_id: str, timeout: float | None = None) -> Entry | None:
+        """Return ``(cam_id, index, frame or None)`` of the camera's next frame, or None on timeout."""
+        self._known(cam_id)
+        return self._frames.get(cam_id, timeout)
+
+    def get_batch(self, timeout: float | None = None) -> list[Entry] | None:
+        """Return one ``(cam_id, index, frame or None)`` per running camera.
+
+        Waits until every camera has a new frame; after ``timeout`` seconds returns what came
+        (index -1 and None for the others), or None when nothing came at all.
+        """
+        return self._frames.batch(timeout)
+
+    def send(self, cam_id: str, index: int, headers: Mapping[str, HeaderValue] | None = None) -> None:
+        """Produce the original packet of ``index`` to ``cam_id``'s output topic with ``headers``."""
+        self._known(cam_id)
+        if self._producer is None:
+            raise StateError("call setup_producer() first")
+        cache = self._packets.get(cam_id)
+        msg = cache.get(index) if cache is not None else None
+        if msg is None:
+            raise UnknownIndexError(cam_id, index)
+        self._producer.send(self.produce_schema.topic(cam_id), msg, headers, key=msg.key())
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Counters per camera: packets, frames delivered, errors and every kind of skip."""
+        out = {}
+        for cam_id, decoder in list(self._decoders.items()):
+            counters = decoder.stats.as_dict()
+            counters["replaced"] = self._frames.replaced.get(cam_id, 0)
+            out[cam_id] = counters
+        return out
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop every thread (bounded by ``timeout``), flush results and close the clients."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._consumer is not None:
+                self._consumer.close(timeout / 2)
+            if self._producer is not None:
+                self._producer.close(timeout / 2)
+            for cam_id in list(self._decoders):
+                self._frames.remove(cam_id)
+
+    def __enter__(self) -> Comux:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,292 @@
+"""Kafka side of the cameras: one consumer per process, a poll thread, decode worker threads.
+
+One librdkafka consumer serves every camera of the process: at 64 cameras, 64 clients would mean
+64 sets of broker connections, fetch threads and prefetch buffers. The poll thread only routes
+messages; decoding runs on a fixed pool of worker threads (one per core by default), each camera
+pinned to one worker so its packets stay in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaError as RdKafkaError
+
+from .config import TopicSchema, redact
+from .decoding import CameraDecoder
+from .errors import BrokerUnavailableError, KafkaError
+
+__all__ = ["ConsumerSettings", "CameraConsumer", "DecodeWorker", "check_broker"]
+
+log = logging.getLogger("comux.consuming")
+
+_STOP = object()
+
+
+@dataclass
+class ConsumerSettings:
+    """What ``setup_consumers`` chose; ``options`` go to librdkafka untouched."""
+
+    bootstrap_servers: str
+    end: bool = True
+    max_offset_diff: int | None = 20
+    strict_on_fail: bool = True
+    options: Mapping[str, Any] | None = None
+    connect_timeout: float = 10.0
+
+    @property
+    def cooperative(self) -> bool:
+        """Whether the group hands out partitions incrementally (KIP-848 or cooperative-sticky)."""
+        options = self.options or {}
+        return options.get("group.protocol") == "consumer" or "cooperative" in str(
+            options.get("partition.assignment.strategy", "")
+        )
+
+    def librdkafka_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "group.id": "comux",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "latest" if self.end else "earliest",
+            "topic.metadata.refresh.interval.ms": 10_000,
+            "fetch.wait.max.ms": 10,
+            "client.id": f"comux-{os.getpid()}",
+        }
+        config.update(self.options or {})
+        config["bootstrap.servers"] = self.bootstrap_servers
+        return config
+
+    def __repr__(self) -> str:
+        return (
+            f"ConsumerSettings(bootstrap_servers={self.bootstrap_servers!r}, end={self.end}, "
+            f"max_offset_diff={self.max_offset_diff}, options={redact(self.options or {})})"
+        )
+
+
+def check_broker(client: Any, servers: str, timeout: float) -> None:
+    """Raise BrokerUnavailableError naming ``servers`` unless a broker answers within ``timeout``."""
+    try:
+        metadata = client.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        code = err.code() if isinstance(err, RdKafkaError) else None
+        raise BrokerUnavailableError(
+            f"no Kafka broker answered at {servers} within {timeout:g} s ({err})", code
+        ) from None
+    if not metadata.brokers:
+        raise BrokerUnavailableError(f"no Kafka broker answered at {servers} within {timeout:g} s")
+
+
+class DecodeWorker(threading.Thread):
+    """Decode the packets of the cameras pinned to this thread, in arrival order."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(name=f"comux-decode-{number}", daemon=True)
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.cameras: set[str] = set()
+        self.crashes = 0
+
+    def run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is _STOP:
+                return
+            decoder, msg = item
+            try:
+                if not decoder.closed:
+                    decoder.decode(msg)
+            except Exception:  # a bug must not kill the thread serving other cameras
+                self.crashes += 1
+                log.exception("camera %s: decoder failed", decoder.cam_id)
+
+    def stop(self) -> None:
+        self.queue.put(_STOP)
+
+
+class CameraConsumer:
+    """Poll every camera topic with one consumer and hand messages to the decode workers."""
+
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        schema: TopicSchema,
+        *,
+        decode_threads: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.schema = schema
+        self._consumer = Consumer(settings.librdkafka_config(), error_cb=self._error_cb)
+        self._decoders: dict[str, CameraDecoder] = {}
+        self._worker_of: dict[str, DecodeWorker] = {}
+        self._next_fetch: dict[tuple[str, int], int] = {}
+        threads = decode_threads or os.cpu_count() or 1
+        self.workers = [DecodeWorker(i) for i in range(threads)]
+        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="comux-consumer", daemon=True)
+        self._subscribed: list[str] = []
+        self.unknown_topic_errors = 0
+        self.poll_errors = 0
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        check_broker(self._consumer, self.settings.bootstrap_servers, self.settings.connect_timeout)
+
+    def add(self, decoder: CameraDecoder) -> DecodeWorker:
+        """Route ``decoder``'s topic to the least loaded worker and subscribe to it."""
+        worker = min(self.workers, key=lambda w: len(w.cameras))
+        worker.cameras.add(decoder.cam_id)
+        self._decoders[decoder.cam_id] = decoder
+        self._worker_of[decoder.cam_id] = worker
+        self._resubscribe()
+        return worker
+
+    def remove(self, cam_id: str) -> None:
+        decoder = self._decoders.pop(cam_id, None)
+        worker = self._worker_of.pop(cam_id, None)
+        if decoder is not None:
+            decoder.closed = True
+        if worker is not None:
+            worker.cameras.discard(cam_id)
+        self._resubscribe()
+
+    def _resubscribe(self) -> None:
+        topics = sorted(self.schema.topic(c) for c in self._decoders)
+        if self._thread.is_alive():
+            self._commands.put(lambda: self._subscribe(topics))
+        else:
+            self._subscribe(topics)
+
+    def _subscribe(self, topics: list[str]) -> None:
+        if topics == self._subscribed:
+            return
+        self._subscribed = topics
+        if topics:
+            self._consumer.subscribe(topics, on_assign=self._on_assign)
+        else:
+            self._consumer.unsubscribe()
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Live video starts where the settings say, never at a stale committed offset.
+        start = OFFSET_END if self.settings.end else OFFSET_BEGINNING
+        for tp in partitions:
+            tp.offset = start
+        if self.settings.cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+
+    # -- running -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for worker in self.workers:
+            if not worker.is_alive():
+                worker.start()
+        if not self._thread.is_alive():
+            self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop polling and decoding within ``timeout`` seconds and close the consumer."""
+        deadline = time.monotonic() + timeout
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        for worker in self.workers:
+            worker.stop()
+        for worker in self.workers:
+            if worker.is_alive():
+                worker.join(max(0.0, deadline - time.monotonic()))
+        if not self._thread.is_alive():
+            self._consumer.close()
+
+    def _run(self) -> None:
+        next_lag_check = 0.0
+        while not self._stop.is_set():
+            while True:
+                try:
+                    self._commands.get_nowait()()
+                except queue.Empty:
+                    break
+            try:
+                messages = self._consumer.consume(num_messages=256, timeout=0.05)
+            except Exception as exc:  # librdkafka raises KafkaError itself from callbacks
+                self.poll_errors += 1
+                log.error("consume failed: %s", exc)
+                self._stop.wait(0.1)
+                continue
+            for msg in messages:
+                if msg.error():
+                    self._message_error(msg)
+                    continue
+                self._route(msg)
+            now = time.monotonic()
+            if self.settings.max_offset_diff is not None and now >= next_lag_check:
+                next_lag_check = now + 0.2
+                self._check_lag()
+
+    def _route(self, msg: Any) -> None:
+        topic = msg.topic()
+        self._next_fetch[(topic, msg.partition())] = msg.offset() + 1
+        try:
+            cam_id = self.schema.cam_id(topic)
+        except ValueError:
+            return
+        decoder = self._decoders.get(cam_id)
+        if decoder is not None:
+            self._worker_of[cam_id].queue.put((decoder, msg))
+
+    def _check_lag(self) -> None:
+        """Jump a camera that fell more than ``max_offset_diff`` behind to near the end."""
+        limit = self.settings.max_offset_diff
+        assert limit is not None
+        for (topic, partition), fetched in list(self._next_fetch.items()):
+            try:
+                decoder = self._decoders.get(self.schema.cam_id(topic))
+            except ValueError:
+                continue
+            if decoder is None or decoder.last_offset < decoder.skip_below:
+                continue  # gone, or still catching up with the previous jump
+            tp = TopicPartition(topic, partition)
+            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high is None or high < 0 or high - 1 - decoder.last_offset <= limit:
+                continue
+            # Keep one GOP when it fits so that a keyframe is likely inside the kept window.
+            keep = decoder.gop if 0 < decoder.gop <= limit else 1
+            target = high - keep
+            if target <= decoder.last_offset + 1:
+                continue
+            if target > fetched:  # the backlog is still in Kafka: do not read it at all
+                try:
+                    self._consumer.seek(TopicPartition(topic, partition, target))
+                except KafkaException as exc:
+                    log.debug("seek %s[%d] failed: %s", topic, partition, exc)
+                    continue
+                decoder.stats.lag_unread += target - fetched
+                self._next_fetch[(topic, partition)] = target
+            decoder.skip_below = target
+            log.info(
+                "camera %s fell %d behind: jumped to offset %d",
+                decoder.cam_id,
+                high - 1 - decoder.last_offset,
+                target,
+            )
+
+    def _message_error(self, msg: Any) -> None:
+        err = msg.error()
+        if err.code() == RdKafkaError._PARTITION_EOF:
+            return
+        if err.code() == RdKafkaError.UNKNOWN_TOPIC_OR_PART:
+            self.unknown_topic_errors += 1
+        log.warning("consumer: %s", err)
+
+    def _error_cb(self, err: RdKafkaError) -> None:
+        log.warning("kafka: %s", err)

@@ -1,0 +1,78 @@
+"""One error hierarchy: every comux error is a ComuxError and also the builtin it resembles."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ComuxError",
+    "ConfigError",
+    "UnknownCameraError",
+    "UnknownIndexError",
+    "BrokerUnavailableError",
+    "KafkaError",
+    "ComuxTimeoutError",
+    "BatchReleasedError",
+    "StateError",
+    "ProvisionError",
+]
+
+
+class ComuxError(Exception):
+    """Base of every error comux raises."""
+
+
+class ConfigError(ComuxError, ValueError):
+    """An argument or option has the wrong type, shape or value."""
+
+
+class UnknownCameraError(ComuxError, KeyError):
+    """A cam_id that this instance does not manage."""
+
+    def __init__(self, cam_id: str) -> None:
+        super().__init__(cam_id)
+        self.cam_id = cam_id
+
+    def __str__(self) -> str:
+        return f"unknown cam_id {self.cam_id!r}"
+
+
+class UnknownIndexError(ComuxError, KeyError):
+    """An index (Kafka offset) whose packet comux no longer holds for that camera."""
+
+    def __init__(self, cam_id: str, index: int) -> None:
+        super().__init__(cam_id, index)
+        self.cam_id = cam_id
+        self.index = index
+
+    def __str__(self) -> str:
+        return (
+            f"no packet at index {self.index} for cam_id {self.cam_id!r}: "
+            "send() takes an index that get()/get_batch() returned recently"
+        )
+
+
+class KafkaError(ComuxError):
+    """A Kafka operation failed; ``code`` is librdkafka's error code when one is known."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class BrokerUnavailableError(KafkaError, ConnectionError):
+    """No broker of the given bootstrap servers answered in time."""
+
+
+class ComuxTimeoutError(ComuxError, TimeoutError):
+    """A bounded wait ran out."""
+
+
+class BatchReleasedError(ComuxError, RuntimeError):
+    """A Batch was used after release(): its memory may already hold other frames."""
+
+
+class ProvisionError(ComuxError, RuntimeError):
+    """The local Kafka broker could not be provisioned, started or stopped."""
+
+
+class StateError(ComuxError, RuntimeError):
+    """A method was called before the setup step it needs, or after close()."""

@@ -1,0 +1,27 @@
+"""Build the Cython core; everything else is declared in pyproject.toml."""
+
+from pathlib import Path
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+ext_dir = Path("comux/_ext")
+extensions = [
+    Extension(
+        f"comux._ext.{pyx.stem}",
+        [str(pyx)],
+        include_dirs=[str(ext_dir), numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_compile_args=["-O3"],
+    )
+    for pyx in sorted(ext_dir.glob("*.pyx"))
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
+    )
+)
