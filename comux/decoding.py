@@ -101,8 +101,16 @@ class CameraDecoder:
     decoder returns late (B-frames) still carries the offset and the bytes of its own packet.
     """
 
-    def __init__(self, cam_id: str, config: DecoderConfig, deliver: FrameCallback) -> None:
+    def __init__(
+        self,
+        cam_id: str,
+        config: DecoderConfig,
+        deliver: FrameCallback,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.cam_id = cam_id
+        self._clock = clock
         self.config = config
         self.stats = CameraStats()
         self._deliver = deliver
@@ -179,7 +187,7 @@ class CameraDecoder:
             return
         rate = self.config.rate
         if rate is not None:
-            now = time.monotonic()
+            now = self._clock()
             if now < self._next_due:
                 self.stats.rate_limited += 1
                 return

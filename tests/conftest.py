@@ -1,0 +1,20 @@
+"""Shared fixtures: synthetic video made by the tests, and the real broker for the integration tier."""
+
+from __future__ import annotations
+
+import pytest
+
+from comux.media import EncodedPacket, synthetic_packets
+from tests.fixtures_kafka import kafka_broker  # noqa: F401  (session fixture)
+
+
+@pytest.fixture(scope="session")
+def small_video() -> list[EncodedPacket]:
+    """60 frames of 320x240 H.264 with B-frames (decoder delay) and a keyframe every 10."""
+    return list(synthetic_packets(320, 240, 60, fps=25, gop=10, bframes=2))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)

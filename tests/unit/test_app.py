@@ -1,0 +1,76 @@
+"""The front door's argument and state checks; no broker is needed for any of them."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from comux import (
+    BrokerUnavailableError,
+    Comux,
+    ConfigError,
+    StateError,
+    UnknownCameraError,
+)
+
+
+def test_unknown_cam_id_raises_key_error_naming_it():
+    cameras = Comux(["a", "b"], "raw.:cam_id", "out.:cam_id")
+    for call in (cameras.get, cameras.kill, lambda c: cameras.send(c, 0, {})):
+        with pytest.raises(KeyError, match="nope") as info:
+            call("nope")
+        assert isinstance(info.value, UnknownCameraError)
+
+
+def test_topic_names_follow_the_schemas():
+    cameras = Comux(["a"], "raw.:cam_id", "out.:cam_id")
+    assert cameras.get_topic_from_cam_id("a") == "raw.a"
+    assert cameras.get_cam_id_from_topic("raw.a") == "a"
+
+
+@pytest.mark.parametrize("cam_ids", ["cam1", [""], [3]])
+def test_bad_cam_ids_raise(cam_ids):
+    with pytest.raises(ConfigError):
+        Comux(cam_ids)
+
+
+def test_steps_out_of_order_raise_state_error():
+    cameras = Comux(["a"])
+    with pytest.raises(StateError, match="setup_consumers"):
+        cameras.start()
+    with pytest.raises(StateError, match="setup_producer"):
+        cameras.send("a", 0, {})
+    with pytest.raises(NotImplementedError):
+        cameras.setup_controller("control", "127.0.0.1:1", {})
+
+
+def test_unreachable_broker_raises_within_bounded_time_naming_servers():
+    cameras = Comux(["a"])
+    start = time.monotonic()
+    with pytest.raises(BrokerUnavailableError, match="127.0.0.1:1") as info:
+        cameras.setup_consumers(["127.0.0.1:1"], connect_timeout=1.5)
+    assert isinstance(info.value, ConnectionError)
+    assert time.monotonic() - start < 10
+    with pytest.raises(BrokerUnavailableError, match="127.0.0.1:1"):
+        cameras.setup_producer("127.0.0.1:1", connect_timeout=1.5)
+    cameras.close()
+
+
+def test_unreachable_broker_without_strict_keeps_going():
+    with Comux(["a"]) as cameras:
+        cameras.setup_consumers("127.0.0.1:1", strict_on_fail=False, connect_timeout=0.5)
+        cameras.setup_decoders(W=64, H=64)
+        cameras.start()
+        assert cameras.get_batch(timeout=0.05) is None
+        assert set(cameras.threads) == {"a"}
+
+
+def test_secrets_stay_out_of_reprs_and_errors():
+    cameras = Comux(["a"])
+    with pytest.raises(BrokerUnavailableError) as info:
+        cameras.setup_consumers(
+            "127.0.0.1:1", connect_timeout=0.5, **{"sasl.password": "s3cr3t-sentinel"}
+        )
+    assert "s3cr3t-sentinel" not in str(info.value)
+    assert "s3cr3t-sentinel" not in repr(cameras)

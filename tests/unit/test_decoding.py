@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+
+from comux.decoding import CameraDecoder, DecoderConfig
+from comux.errors import ConfigError
+from comux.media import read_frame_number
+from tests.fakes import FakeMessage, messages
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.items: list[tuple[int, np.ndarray | None]] = []
+
+    def __call__(self, index: int, array: np.ndarray | None, msg: FakeMessage) -> None:
+        assert msg.offset() == index
+        self.items.append((index, array))
+
+
+def decoder(**kw: object) -> tuple[CameraDecoder, Sink]:
+    """A decoder of 320x240 frames with no rate cap, and the list its frames land in."""
+    sink = Sink()
+    config = DecoderConfig(**{"rate": None, "width": 320, "height": 240, **kw})  # type: ignore[arg-type]
+    return CameraDecoder("cam", config, sink), sink
+
+
+def direct_decode(packets) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+    ctx = av.CodecContext.create("h264", "r")
+    out = []
+    for p in packets:
+        out += [f.to_ndarray(format="rgb24") for f in ctx.decode(av.Packet(p.data))]
+    return out
+
+
+def test_index_is_the_offset_of_the_packet_that_carried_the_frame(small_video):
+    dec, sink = decoder()
+    for msg in messages(small_video, first=100):
+        dec.decode(msg)
+    # B-frames: output order differs from packet order, and the last frames stay in the decoder.
+    indices = [i for i, _ in sink.items]
+    assert indices != sorted(indices)
+    for index, array in sink.items:
+        assert array is not None
+        frame_number = read_frame_number(array)
+        assert small_video[index - 100].pts == frame_number
+
+
+def test_pixels_equal_a_direct_pyav_decode(small_video):
+    dec, sink = decoder()
+    for msg in messages(small_video):
+        dec.decode(msg)
+    expected = direct_decode(small_video)
+    assert len(sink.items) == len(expected) > 50
+    for (_, got), want in zip(sink.items, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_other_sizes_are_resized_and_formats_honoured(small_video):
+    dec, sink = decoder(width=160, height=120, pix_fmt="bgr24")
+    for msg in messages(small_video[:12]):
+        dec.decode(msg)
+    assert sink.items and all(a.shape == (120, 160, 3) for _, a in sink.items)
+    dec, sink = decoder(pix_fmt="gray")
+    for msg in messages(small_video[:12]):
+        dec.decode(msg)
+    assert all(a.shape == (240, 320) for _, a in sink.items)
+
+
+def test_mid_stream_join_skips_until_keyframe(small_video):
+    dec, sink = decoder()
+    msgs = messages(small_video)
+    keys = [i for i, p in enumerate(small_video) if p.keyframe]
+    join = keys[1] - 3
+    for msg in msgs[join:]:
+        dec.decode(msg)
+    assert dec.stats.skipped_before_keyframe == 3
+    assert dec.stats.decode_errors == 0
+    assert min(i for i, _ in sink.items) >= keys[1]
+
+
+def test_keyframe_found_without_headers(small_video):
+    dec, sink = decoder()
+    msgs = messages(small_video, headers=False)
+    keys = [i for i, p in enumerate(small_video) if p.keyframe]
+    for msg in msgs[keys[1] - 2 :]:
+        dec.decode(msg)
+    assert dec.stats.skipped_before_keyframe == 2
+    assert sink.items
+
+
+@pytest.mark.parametrize("bad", [b"", None, b"\x00\x00\x00\x01" + bytes(200), b"garbage" * 50])
+def test_bad_packet_gives_none_counts_and_recovers_at_next_keyframe(small_video, bad):
+    dec, sink = decoder()
+    msgs = messages(small_video)
+    keys = [i for i, p in enumerate(small_video) if p.keyframe]
+    broken = keys[1] + 1
+    msgs[broken] = FakeMessage(bad, broken, _headers=[("keyframe", b"0")])
+    for msg in msgs:
+        dec.decode(msg)
+    assert dec.stats.decode_errors >= 1
+    assert (broken, None) in [(i, a) for i, a in sink.items if a is None]
+    # After the error the decoder waits for the next keyframe and decodes again from there.
+    after = [i for i, a in sink.items if a is not None and i >= keys[2]]
+    assert after, "no frame decoded after the next keyframe"
+    assert dec.stats.skipped_before_keyframe >= keys[2] - broken - 1
+
+
+def test_truncated_keyframe_is_an_error_not_a_silent_frame(small_video):
+    dec, sink = decoder()
+    msgs = messages(small_video)
+    keys = [i for i, p in enumerate(small_video) if p.keyframe]
+    k = keys[2]
+    msgs[k] = FakeMessage(small_video[k].data[: len(small_video[k].data) // 3], k,
+                          _headers=small_video[k].headers())
+    for msg in msgs:
+        dec.decode(msg)
+    assert dec.stats.decode_errors >= 1
+    assert any(a is None for _, a in sink.items)
+
+
+def test_rate_caps_delivered_frames(small_video):
+    sink = Sink()
+    now = [0.0]
+    config = DecoderConfig(rate=5, width=320, height=240)
+    dec = CameraDecoder("cam", config, sink, clock=lambda: now[0])
+    for msg in messages(small_video):
+        dec.decode(msg)
+        now[0] += 0.04  # a 25 fps camera
+    assert dec.stats.frames == 58
+    # 58 frames at 25 fps last 2.32 s: a 5 fps cap delivers one frame every 0.2 s of that.
+    assert len(sink.items) == 12
+    assert dec.stats.rate_limited == dec.stats.frames - len(sink.items)
+
+
+def test_skip_below_drops_and_counts_then_waits_for_keyframe(small_video):
+    dec, sink = decoder()
+    msgs = messages(small_video)
+    for msg in msgs[:5]:
+        dec.decode(msg)
+    dec.skip_below = 25
+    for msg in msgs[5:]:
+        dec.decode(msg)
+    assert dec.stats.lag_dropped == 20
+    keys = [i for i, p in enumerate(small_video) if p.keyframe and i >= 25]
+    assert dec.stats.skipped_before_keyframe == keys[0] - 25
+    assert all(i < 5 or i >= keys[0] for i, _ in sink.items)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"rate": 0}, {"width": 321}, {"height": -2}, {"codec": "vp9"}, {"pix_fmt": "rgba"}],
+)
+def test_bad_decoder_settings_raise_config_error(kw):
+    with pytest.raises(ConfigError):
+        DecoderConfig(**kw)  # type: ignore[arg-type]
