@@ -259,8 +259,9 @@ class CameraConsumer:
             _, high = self._consumer.get_watermark_offsets(tp, cached=True)
             if high is None or high < 0 or high - 1 - decoder.last_offset <= limit:
                 continue
-            # Keep one GOP when it fits so that a keyframe is likely inside the kept window.
-            keep = decoder.gop if 0 < decoder.gop <= limit else 1
+            # Keep one GOP (or half the limit while the GOP is unknown) so that a keyframe is
+            # likely inside the kept window and decoding resumes at once.
+            keep = decoder.gop if 0 < decoder.gop <= limit else max(1, limit // 2)
             target = high - keep
             if target <= decoder.last_offset + 1:
                 continue
