@@ -58,6 +58,7 @@ class ConsumerSettings:
             "topic.metadata.refresh.interval.ms": 10_000,
             "fetch.wait.max.ms": 10,
             "client.id": f"comux-{os.getpid()}",
+            "logger": logging.getLogger("comux.kafka"),
         }
         config.update(self.options or {})
         config["bootstrap.servers"] = self.bootstrap_servers

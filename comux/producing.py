@@ -69,6 +69,7 @@ class ResultProducer:
             "linger.ms": 5,
             "message.max.bytes": 16_000_000,
             "client.id": "comux-producer",
+            "logger": logging.getLogger("comux.kafka"),
         }
         config.update(options or {})
         config["bootstrap.servers"] = bootstrap_servers
