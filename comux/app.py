@@ -6,11 +6,11 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal, overload
 
-import numpy as np
+import av
 
-from .batching import Entry, LatestFrames
+from .batching import Allocator, Batch, BatchPool, Entry, Policy, frame_writer
 from .config import TopicSchema, resolve_bootstrap_servers
 from .consuming import CameraConsumer, ConsumerSettings, DecodeWorker
 from .decoding import CameraDecoder, DecoderConfig, Message, PacketCache, PixFmt
@@ -73,7 +73,8 @@ class Comux:
         self._decoder_config: DecoderConfig | None = None
         self._decoders: dict[str, CameraDecoder] = {}
         self._packets: dict[str, PacketCache] = {}
-        self._frames = LatestFrames()
+        self._pool: BatchPool | None = None
+        self._policy: Policy = "latest"
         self._lock = threading.RLock()
         self._started = False
         self._closed = False
@@ -162,10 +163,45 @@ class Comux:
         H: int = 1080,
         de_codec: str = "h264",
         pix_fmt: PixFmt = "rgb24",
+        *,
+        policy: Policy = "latest",
+        max_wait: float | None = None,
+        max_staleness: float | None = None,
+        repeat_last: bool = False,
+        buffers: int = 3,
+        allocator: Allocator | None = None,
     ) -> None:
-        """Choose output size ``W``×``H`` and ``pix_fmt``, the codec, and a per-camera fps cap ``rate``."""
-        self._decoder_config = DecoderConfig(
-            rate=rate, width=W, height=H, codec=de_codec, pix_fmt=pix_fmt
+        """Choose the output frames and how they are batched.
+
+        :param rate: cap on frames per second delivered per camera (None: every frame).
+        :param W: output width; frames of another size are scaled.
+        :param H: output height.
+        :param de_codec: ``"h264"`` or ``"hevc"``.
+        :param pix_fmt: ``"rgb24"``, ``"bgr24"``, ``"yuv420p"`` (I420 in an (H*3/2, W) array)
+            or ``"gray"``.
+        :param policy: ``"latest"`` keeps each camera's newest frame (older ones are counted as
+            replaced).
+        :param max_wait: release a batch this long after its first frame even when some cameras
+            have no frame yet (their slots are marked invalid).
+        :param max_staleness: leave a slot empty when its frame is older than this (counted).
+        :param repeat_last: fill an empty slot with the camera's previous frame instead.
+        :param buffers: preallocated batch buffers; each Batch held by the caller keeps one.
+        :param allocator: ``f(shape) -> uint8 memory`` for the buffers, e.g. pinned memory.
+        """
+        if self._pool is not None:
+            raise StateError("setup_decoders() was already called")
+        config = DecoderConfig(rate=rate, width=W, height=H, codec=de_codec, pix_fmt=pix_fmt)
+        self._decoder_config = config
+        self._policy = policy
+        self._pool = BatchPool(
+            config.shape,
+            buffers=buffers,
+            capacity=max(1, len(self.cam_ids)),
+            max_wait=max_wait,
+            max_staleness=max_staleness,
+            repeat_last=repeat_last,
+            allocator=allocator,
+            writer=frame_writer(pix_fmt),
         )
 
     def setup_producer(
@@ -223,16 +259,19 @@ class Comux:
                 self._disconnect(cam_id)
             if cam_id not in self.cam_ids:
                 self.cam_ids.append(cam_id)
+            if self._pool is None:
+                self.setup_decoders()
+            pool = self._pool
+            assert pool is not None and self._decoder_config is not None
             cache = self._packets.setdefault(cam_id, PacketCache())
-            frames = self._frames
 
-            def deliver(index: int, array: np.ndarray | None, msg: Message) -> None:
+            def deliver(index: int, frame: av.VideoFrame | None, msg: Message) -> None:
                 cache.put(index, msg)
-                frames.put(cam_id, index, array)
+                pool.write(cam_id, frame, index)
 
-            decoder = CameraDecoder(cam_id, self._decoder_config or DecoderConfig(), deliver)
+            decoder = CameraDecoder(cam_id, self._decoder_config, deliver)
             self._decoders[cam_id] = decoder
-            frames.add(cam_id)
+            pool.add(cam_id, self._policy)
             consumer.add(decoder)
 
     def connect_all(self) -> None:
@@ -265,7 +304,8 @@ class Comux:
     def _disconnect(self, cam_id: str) -> None:
         if self._decoders.pop(cam_id, None) is not None and self._consumer is not None:
             self._consumer.remove(cam_id)
-        self._frames.remove(cam_id)
+        if self._pool is not None:
+            self._pool.remove(cam_id)
 
     def _require_consumer(self) -> CameraConsumer:
         if self._consumer is None:
@@ -275,17 +315,36 @@ class Comux:
     # -- frames ------------------------------------------------------------------------------
 
     def get(self, cam_id: str, timeout: float | None = None) -> Entry | None:
-        """Return ``(cam_id, index, frame or None)`` of the camera's next frame, or None on timeout."""
-        self._known(cam_id)
-        return self._frames.get(cam_id, timeout)
+        """Return ``(cam_id, index, frame or None)`` of the camera's next frame, or None on timeout.
 
-    def get_batch(self, timeout: float | None = None) -> list[Entry] | None:
-        """Return one ``(cam_id, index, frame or None)`` per running camera.
-
-        Waits until every camera has a new frame; after ``timeout`` seconds returns what came
-        (index -1 and None for the others), or None when nothing came at all.
+        The frame is a copy, and it leaves the camera's slot of the next batch empty.
         """
-        return self._frames.batch(timeout)
+        self._known(cam_id)
+        if self._pool is None or cam_id not in self._pool:
+            raise StateError(f"camera {cam_id!r} is not connected: call start() first")
+        return self._pool.take(cam_id, timeout)
+
+    @overload
+    def get_batch(self, timeout: float | None = ..., *, stacked: Literal[False] = ...) -> list[Entry] | None: ...
+    @overload
+    def get_batch(self, timeout: float | None = ..., *, stacked: Literal[True]) -> Batch | None: ...
+
+    def get_batch(self, timeout: float | None = None, *, stacked: bool = False) -> list[Entry] | Batch | None:
+        """Return the newest frame of every running camera, or None when none came in ``timeout``.
+
+        Waits until every camera has a new frame (or ``max_wait`` after the first one). With
+        ``stacked=True`` the result is a :class:`Batch`: ``batch.frames`` is one (N, H, W, C)
+        array in preallocated memory, shared without a copy (``torch.from_dlpack(batch.frames)``);
+        call ``batch.release()`` or use ``with`` when done. Without it, a list of
+        ``(cam_id, index, frame or None)`` with frames copied out, as the original API returned.
+        """
+        if self._pool is None:
+            raise StateError("call setup_decoders() and start() first")
+        batch = self._pool.seal(timeout)
+        if batch is None or stacked:
+            return batch
+        with batch:
+            return [(c, i, None if f is None else f.copy()) for c, i, f in batch]
 
     def send(self, cam_id: str, index: int, headers: Mapping[str, HeaderValue] | None = None) -> None:
         """Produce the original packet of ``index`` to ``cam_id``'s output topic with ``headers``."""
@@ -303,7 +362,8 @@ class Comux:
         out = {}
         for cam_id, decoder in list(self._decoders.items()):
             counters = decoder.stats.as_dict()
-            counters["replaced"] = self._frames.replaced.get(cam_id, 0)
+            if self._pool is not None and cam_id in self._pool:
+                counters.update(self._pool.counters(cam_id))
             out[cam_id] = counters
         return out
 
@@ -319,8 +379,6 @@ class Comux:
                 self._consumer.close(timeout / 2)
             if self._producer is not None:
                 self._producer.close(timeout / 2)
-            for cam_id in list(self._decoders):
-                self._frames.remove(cam_id)
 
     def __enter__(self) -> Comux:
         return self

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import av
-import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from .annexb import is_keyframe
 from .errors import ConfigError
@@ -91,11 +91,11 @@ class CameraStats:
         return d
 
 
-FrameCallback = Callable[[int, "np.ndarray | None", Message], None]
+FrameCallback = Callable[[int, "av.VideoFrame | None", Message], None]
 
 
 class CameraDecoder:
-    """Decode one camera's packets in order and hand each delivered frame to ``deliver``.
+    """Decode one camera's packets in order and hand each frame, at the output size, to ``deliver``.
 
     The Kafka message rides through the decoder as the packet's ``opaque``, so a frame that the
     decoder returns late (B-frames) still carries the offset and the bytes of its own packet.
@@ -116,6 +116,7 @@ class CameraDecoder:
         self._deliver = deliver
         self._codec_name = CODECS[config.codec.lower()]
         self._ctx = self._open()
+        self._scaler = VideoReformatter()
         self._await_keyframe = True
         self._next_due = 0.0
         self.closed = False
@@ -193,11 +194,14 @@ class CameraDecoder:
                 return
             # Keep a steady cadence but never bank credit for frames that did not come.
             self._next_due = max(self._next_due + 1.0 / rate, now - 0.5 / rate)
-        array = frame.to_ndarray(
-            width=self.config.width, height=self.config.height, format=self.config.pix_fmt
-        )
+        if frame.width != self.config.width or frame.height != self.config.height:
+            # Scale only; the batch writer converts the colours straight into the slot.
+            frame = self._scaler.reformat(
+                frame, width=self.config.width, height=self.config.height, format="yuv420p",
+                threads=1,
+            )
         self.stats.delivered += 1
-        self._deliver(msg.offset(), array, msg)
+        self._deliver(msg.offset(), frame, msg)
 
     def _fail(self, msg: Message, reason: str) -> None:
         self.stats.decode_errors += 1

@@ -1,3 +1,5 @@
+"""BatchPool and Batch: slots, policy, lifetime and memory; run with both frame writers."""
+
 from __future__ import annotations
 
 import threading
@@ -5,64 +7,192 @@ import threading
 import numpy as np
 import pytest
 
-from comux.batching import LatestFrames
-from comux.errors import UnknownCameraError
+from comux.batching import Batch, BatchPool, frame_writer, pyav_writer
+from comux.errors import BatchReleasedError, ComuxTimeoutError, ConfigError, UnknownCameraError
+
+SHAPE = (4, 6, 3)
 
 
 def frame(v: int) -> np.ndarray:
-    return np.full((2, 2, 3), v, np.uint8)
+    return np.full(SHAPE, v, np.uint8)
 
 
-def test_batch_waits_for_every_camera_and_keeps_the_newest():
-    frames = LatestFrames()
-    for cam in ("a", "b"):
-        frames.add(cam)
-    frames.put("a", 1, frame(1))
-    frames.put("a", 2, frame(2))
+@pytest.fixture(params=["compiled", "reference"])
+def writer(request):
+    return frame_writer("rgb24") if request.param == "compiled" else pyav_writer("rgb24")
+
+
+def pool(*cams: str, **kw) -> BatchPool:
+    p = BatchPool(SHAPE, **kw)
+    for cam in cams:
+        p.add(cam)
+    return p
+
+
+def test_batch_waits_for_every_camera_and_keeps_the_newest(writer):
+    p = pool("a", "b", writer=writer)
+    p.write("a", frame(1), 10)
+    p.write("a", frame(2), 11)
     done = threading.Event()
-    result: list = []
+    result: list[Batch] = []
 
     def take() -> None:
-        result.append(frames.batch())
+        result.append(p.seal())
         done.set()
 
     t = threading.Thread(target=take)
     t.start()
-    assert not done.wait(0.05)  # b has nothing yet
-    frames.put("b", 7, None)
+    assert not done.wait(0.05)  # b has no frame yet
+    p.write("b", frame(7), 3)
     t.join(5)
     batch = result[0]
-    assert [(c, i) for c, i, _ in batch] == [("a", 2), ("b", 7)]
-    assert batch[0][2][0, 0, 0] == 2 and batch[1][2] is None
-    assert frames.replaced["a"] == 1
+    assert batch.cam_ids == ["a", "b"]
+    assert batch.frames.shape == (2, *SHAPE) and batch.frames.flags.c_contiguous
+    assert batch.indices.tolist() == [11, 3]
+    assert batch.valid.tolist() == [True, True]
+    assert batch.frames[0, 0, 0, 0] == 2 and batch.frames[1, 0, 0, 0] == 7
+    assert [(c, i) for c, i, _ in batch] == [("a", 11), ("b", 3)]
+    assert p.counters("a")["replaced"] == 1
+    batch.release()
 
 
-def test_timeout_returns_partial_batch_or_none():
-    frames = LatestFrames()
-    frames.add("a")
-    frames.add("b")
-    assert frames.batch(timeout=0.01) is None
-    frames.put("b", 3, frame(3))
-    batch = frames.batch(timeout=0.01)
-    assert [(c, i) for c, i, _ in batch] == [("a", -1), ("b", 3)]
-    assert batch[0][2] is None
+def test_frames_are_written_in_place_no_copy_at_seal():
+    p = pool("a", writer=None)
+    p.write("a", frame(5), 0)
+    batch = p.seal()
+    assert p.bytes_copied == 0
+    assert np.shares_memory(batch.frames, p._buffers[0].frames) or any(
+        np.shares_memory(batch.frames, b.frames) for b in p._buffers
+    )
+    batch.release()
 
 
-def test_get_one_camera_and_unknown_camera():
-    frames = LatestFrames()
-    frames.add("a")
-    assert frames.get("a", timeout=0.01) is None
-    frames.put("a", 5, frame(5))
-    assert frames.get("a", timeout=0.01)[1] == 5
-    with pytest.raises(UnknownCameraError, match="'zz'"):
-        frames.get("zz")
+def test_timeout_gives_partial_batch_or_none():
+    p = pool("a", "b")
+    assert p.seal(timeout=0.01) is None
+    p.write("b", frame(3), 9)
+    batch = p.seal(timeout=0.01)
+    assert batch.valid.tolist() == [False, True]
+    assert batch.indices.tolist() == [-1, 9]
+    assert [f is None for _, _, f in batch] == [True, False]
+    batch.release()
 
 
-def test_removed_camera_leaves_the_next_batch_and_late_frames_are_dropped():
-    frames = LatestFrames()
-    frames.add("a")
-    frames.add("b")
-    frames.put("a", 1, frame(1))
-    frames.remove("b")
-    frames.put("b", 9, frame(9))
-    assert [c for c, _, _ in frames.batch(timeout=0.01)] == ["a"]
+def test_max_wait_releases_a_batch_without_the_slow_camera():
+    p = pool("a", "b", max_wait=0.02)
+    p.write("a", frame(1), 1)
+    batch = p.seal()  # no timeout: max_wait alone must release it
+    assert batch.valid.tolist() == [True, False]
+    batch.release()
+
+
+def test_failed_decode_keeps_index_without_frame():
+    p = pool("a")
+    p.write("a", None, 42)
+    with p.seal() as batch:
+        assert batch.indices.tolist() == [42]
+        assert batch.valid.tolist() == [False]
+        assert list(batch) == [("a", 42, None)]
+
+
+def test_stale_frames_are_dropped_and_counted():
+    p = pool("a", max_staleness=0.0)
+    p.write("a", frame(1), 1)
+    threading.Event().wait(0.01)  # age the frame past a zero staleness limit
+    with p.seal() as batch:
+        assert batch.valid.tolist() == [False]
+    assert p.counters("a")["stale"] == 1
+
+
+def test_repeat_last_fills_an_empty_slot_with_the_previous_frame():
+    p = pool("a", "b", repeat_last=True, max_wait=0)
+    p.write("a", frame(1), 1)
+    p.write("b", frame(2), 2)
+    p.seal().release()
+    p.write("a", frame(3), 3)
+    with p.seal() as batch:
+        assert batch.valid.tolist() == [True, True]
+        assert batch.frames[1, 0, 0, 0] == 2
+        assert batch.indices.tolist() == [3, 2]
+
+
+def test_released_batch_refuses_access_and_double_release_is_harmless():
+    p = pool("a")
+    p.write("a", frame(1), 1)
+    batch = p.seal()
+    detached = batch.copy()
+    batch.release()
+    batch.release()
+    with pytest.raises(BatchReleasedError):
+        batch.frames  # noqa: B018
+    with pytest.raises(BatchReleasedError):
+        list(batch)
+    assert detached.frames[0, 0, 0, 0] == 1 and detached.indices.tolist() == [1]
+
+
+def test_held_buffer_is_never_written_and_pool_exhaustion_is_a_clear_error():
+    p = pool("a", buffers=2)
+    p.write("a", frame(1), 1)
+    held = p.seal()
+    p.write("a", frame(2), 2)  # goes to the other buffer
+    assert held.frames[0, 0, 0, 0] == 1
+    with pytest.raises(ComuxTimeoutError, match="held"):
+        p.seal(timeout=0.05)
+    held.release()
+    with p.seal(timeout=1) as nxt:
+        assert nxt.frames[0, 0, 0, 0] == 2
+
+
+def test_cameras_added_and_removed_change_n_of_the_next_batch_only():
+    p = pool("a", "b", "c", capacity=2, buffers=3)
+    for i, cam in enumerate("abc"):
+        p.write(cam, frame(i + 1), i)
+    held = p.seal()
+    assert held.cam_ids == ["a", "b", "c"]
+    p.remove("a")  # c moves into a's slot
+    p.add("d")
+    for i, cam in enumerate("bcd"):
+        p.write(cam, frame(10 + i), 100 + i)
+    with p.seal() as batch:
+        assert sorted(batch.cam_ids) == ["b", "c", "d"]
+        got = {c: (i, int(f[0, 0, 0])) for c, i, f in batch}
+        assert got == {"b": (100, 10), "c": (101, 11), "d": (102, 12)}
+    # The held batch still shows what it had.
+    assert held.frames[:, 0, 0, 0].tolist() == [1, 2, 3]
+    held.release()
+
+
+def test_take_copies_one_camera_out():
+    p = pool("a", "b")
+    p.write("a", frame(4), 8)
+    assert p.take("a", timeout=0.01)[1] == 8
+    assert p.take("a", timeout=0.01) is None
+    with pytest.raises(UnknownCameraError):
+        p.take("zz")
+
+
+def test_allocator_hook_and_dlpack_share_memory():
+    made = []
+
+    def allocator(shape):
+        made.append(np.zeros(shape, np.uint8))
+        return made[-1]
+
+    p = pool("a", allocator=allocator)
+    p.write("a", frame(9), 1)
+    with p.seal() as batch:
+        assert any(np.shares_memory(batch.frames, m) for m in made)
+        via_dlpack = np.from_dlpack(batch.frames)
+        assert np.shares_memory(via_dlpack, batch.frames)
+        assert np.shares_memory(np.from_dlpack(batch), batch.frames)
+
+
+@pytest.mark.parametrize("kw", [{"buffers": 1}, {"max_wait": -1}, {"max_staleness": -0.5}])
+def test_bad_pool_settings(kw):
+    with pytest.raises(ConfigError):
+        BatchPool(SHAPE, **kw)
+
+
+def test_bad_allocator_output_is_refused():
+    with pytest.raises(ConfigError, match="uint8"):
+        BatchPool(SHAPE, allocator=lambda s: np.zeros(s, np.float32))
