@@ -170,6 +170,7 @@ class Comux:
         repeat_last: bool = False,
         buffers: int = 3,
         allocator: Allocator | None = None,
+        fifo_depth: int = 8,
     ) -> None:
         """Choose the output frames and how they are batched.
 
@@ -180,7 +181,8 @@ class Comux:
         :param pix_fmt: ``"rgb24"``, ``"bgr24"``, ``"yuv420p"`` (I420 in an (H*3/2, W) array)
             or ``"gray"``.
         :param policy: ``"latest"`` keeps each camera's newest frame (older ones are counted as
-            replaced).
+            replaced); ``"fifo"`` hands out every frame in order, queueing up to ``fifo_depth``
+            per camera and pausing the camera's partition while its queue is full.
         :param max_wait: release a batch this long after its first frame even when some cameras
             have no frame yet (their slots are marked invalid).
         :param max_staleness: leave a slot empty when its frame is older than this (counted).
@@ -202,7 +204,13 @@ class Comux:
             repeat_last=repeat_last,
             allocator=allocator,
             writer=frame_writer(pix_fmt),
+            fifo_depth=fifo_depth,
+            on_backpressure=self._backpressure,
         )
+
+    def _backpressure(self, cam_id: str, pause: bool) -> None:
+        if self._consumer is not None:
+            self._consumer.pause(cam_id, pause)
 
     def setup_producer(
         self,

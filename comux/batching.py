@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -74,10 +75,12 @@ class _Camera:
     policy: Policy
     ring: SpscRing = field(default_factory=lambda: SpscRing(_RING_CAPACITY))
     lock: threading.Lock = field(default_factory=threading.Lock)
-    last_written: int = -1  # buffer id of the last frame written (for fifo)
+    last_written: int = -1  # id of the buffer holding this camera's newest frame
+    pending: deque[tuple[Any, int, int | None]] = field(default_factory=deque)  # fifo only
+    paused: bool = False
     replaced: int = 0
     stale: int = 0
-    waits: int = 0
+    overflow: int = 0
 
 
 class Batch:
@@ -184,6 +187,9 @@ class BatchPool:
     :param repeat_last: fill an empty slot with the camera's previous frame (a copy), marked valid.
     :param allocator: ``f(shape) -> uint8 memory`` (numpy, torch, anything DLPack), for example
         pinned memory: ``lambda s: torch.empty(s, dtype=torch.uint8, pin_memory=True)``.
+    :param fifo_depth: frames a ``"fifo"`` camera may queue before ``on_backpressure(cam_id,
+        True)`` asks to pause its partition; ``on_backpressure(cam_id, False)`` resumes it once
+        half have gone. Frames past four times the depth (already fetched) are dropped, counted.
     """
 
     def __init__(
@@ -197,7 +203,11 @@ class BatchPool:
         repeat_last: bool = False,
         allocator: Allocator | None = None,
         writer: FrameWriter | None = None,
+        fifo_depth: int = 8,
+        on_backpressure: Callable[[str, bool], None] | None = None,
     ) -> None:
+        if fifo_depth < 1:
+            raise ConfigError(f"fifo_depth must be >= 1, got {fifo_depth}")
         if buffers < 2:
             raise ConfigError(f"buffers must be >= 2 (one filling, one handed out), got {buffers}")
         for name, value in (("max_wait", max_wait), ("max_staleness", max_staleness)):
@@ -209,6 +219,8 @@ class BatchPool:
         self.repeat_last = repeat_last
         self._allocator = allocator or numpy_allocator
         self._writer = writer
+        self.fifo_depth = fifo_depth
+        self.on_backpressure = on_backpressure
         self._count = buffers
         self._cond = threading.Condition()
         self._seal_lock = threading.Lock()
@@ -321,26 +333,27 @@ class BatchPool:
         """Write ``frame`` into the camera's slot of the filling buffer; False if it is gone.
 
         ``frame`` is whatever the pool's writer takes (a PyAV frame), or None for a packet that
-        failed to decode: the slot is then left empty and the record says so.
+        failed to decode: the slot is then left empty and the record says so. A ``"fifo"``
+        camera whose slot is taken queues the frame for the next batch instead.
         """
         cam = self._cameras.get(cam_id)
         if cam is None:
             return False
+        pause = False
         with cam.lock:
             if self._cameras.get(cam_id) is not cam:
                 return False
-            buf = self._filling
-            if frame is not None:
-                slot = buf.frames[cam.slot]
-                if self._writer is not None:
-                    self._writer(frame, slot)
-                else:
-                    np.copyto(slot, frame)
-                cam.last_written = buf.id
-            flags = 0 if frame is not None else 2
-            cam.ring.push(index, -1 if pts is None else pts, time.time(), buf.id, flags) or (
-                self._ring_full(cam, index, pts, buf.id, flags)
-            )
+            if cam.policy == "fifo" and (cam.pending or len(cam.ring)):
+                if len(cam.pending) >= 4 * self.fifo_depth:
+                    cam.pending.popleft()
+                    cam.overflow += 1
+                cam.pending.append((frame, index, pts))
+                pause = len(cam.pending) >= self.fifo_depth and not cam.paused
+                cam.paused = cam.paused or pause
+            else:
+                self._write_locked(cam, frame, index, pts)
+        if pause and self.on_backpressure is not None:
+            self.on_backpressure(cam_id, True)
         with self._cond:
             self.frames_written += 1
             if self._first_frame_at is None:
@@ -348,13 +361,23 @@ class BatchPool:
             self._cond.notify_all()
         return True
 
-    @staticmethod
-    def _ring_full(cam: _Camera, index: int, pts: int | None, buf: int, flags: int) -> bool:
-        # Only this camera's frames of one buffer are in its ring: keep the newest record.
-        cam.replaced += len(cam.ring)
-        while cam.ring.pop() is not None:
-            pass
-        return cam.ring.push(index, -1 if pts is None else pts, time.time(), buf, flags)
+    def _write_locked(self, cam: _Camera, frame: Any, index: int, pts: int | None) -> None:
+        buf = self._filling
+        if frame is not None:
+            slot = buf.frames[cam.slot]
+            if self._writer is not None:
+                self._writer(frame, slot)
+            else:
+                np.copyto(slot, frame)
+            cam.last_written = buf.id
+        flags = 0 if frame is not None else 2
+        record = (index, -1 if pts is None else pts, time.time(), buf.id, flags)
+        if not cam.ring.push(*record):
+            # Only one buffer's records are ever in a ring: the older ones are superseded.
+            cam.replaced += len(cam.ring)
+            while cam.ring.pop() is not None:
+                pass
+            cam.ring.push(*record)
 
     # -- sealing (the model's thread) --------------------------------------------------------
 
@@ -388,7 +411,7 @@ class BatchPool:
                         due = self._first_frame_at + self.max_wait - time.monotonic()
                         wait = due if wait is None else min(wait, due)
                     self._cond.wait(None if wait is None else max(wait, 0.0005))
-                if not any(len(cam.ring) for cam in self._order):
+                if not self._any_fresh():
                     return None
                 while not any(not b.held and b is not self._filling for b in self._buffers):
                     remaining = None if deadline is None else deadline - time.monotonic()
@@ -408,13 +431,32 @@ class BatchPool:
                 cam_ids = [cam.cam_id for cam in self._order]
                 self._drain(old)
                 old.held = True
+                resumed = self._write_pending()
                 with self._cond:
-                    self._first_frame_at = None
+                    self._first_frame_at = time.monotonic() if self._any_fresh() else None
             finally:
                 for lock in locks:
                     lock.release()
+            if self.on_backpressure is not None:
+                for cam_id in resumed:
+                    self.on_backpressure(cam_id, False)
             self.batches += 1
             return Batch(cam_ids, old, self)
+
+    def _any_fresh(self) -> bool:
+        return any(len(cam.ring) for cam in self._order)
+
+    def _write_pending(self) -> list[str]:
+        """Move each fifo camera's oldest queued frame into the new filling buffer."""
+        resumed = []
+        for cam in self._order:
+            if not cam.pending:
+                continue
+            self._write_locked(cam, *cam.pending.popleft())
+            if cam.paused and len(cam.pending) <= self.fifo_depth // 2:
+                cam.paused = False
+                resumed.append(cam.cam_id)
+        return resumed
 
     def _drain(self, buf: _Buffer) -> None:
         now = time.time()
@@ -476,7 +518,12 @@ class BatchPool:
         cam = self._cameras.get(cam_id)
         if cam is None:
             raise UnknownCameraError(cam_id)
-        return {"replaced": cam.replaced, "stale": cam.stale}
+        return {
+            "replaced": cam.replaced,
+            "stale": cam.stale,
+            "queued": len(cam.pending),
+            "overflow": cam.overflow,
+        }
 
 
 def pyav_writer(pix_fmt: str) -> FrameWriter:

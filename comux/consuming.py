@@ -166,6 +166,18 @@ class CameraConsumer:
         else:
             self._subscribe(topics)
 
+    def pause(self, cam_id: str, pause: bool = True) -> None:
+        """Stop (or restart) fetching ``cam_id``'s partitions: backpressure without dropping."""
+        topic = self.schema.topic(cam_id)
+
+        def apply() -> None:
+            partitions = [tp for tp in self._consumer.assignment() if tp.topic == topic]
+            if partitions:
+                (self._consumer.pause if pause else self._consumer.resume)(partitions)
+                log.info("%s %s", "paused" if pause else "resumed", topic)
+
+        self._commands.put(apply)
+
     def _subscribe(self, topics: list[str]) -> None:
         if topics == self._subscribed:
             return

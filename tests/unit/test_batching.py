@@ -196,3 +196,64 @@ def test_bad_pool_settings(kw):
 def test_bad_allocator_output_is_refused():
     with pytest.raises(ConfigError, match="uint8"):
         BatchPool(SHAPE, allocator=lambda s: np.zeros(s, np.float32))
+
+
+def test_fifo_hands_out_every_frame_in_order_and_asks_for_backpressure():
+    signals: list[tuple[str, bool]] = []
+    p = BatchPool(SHAPE, fifo_depth=2, on_backpressure=lambda c, on: signals.append((c, on)))
+    p.add("a", policy="fifo")
+    for i in range(4):
+        p.write("a", frame(i), i)
+    assert signals == [("a", True)]  # two queued behind the slot: pause the partition
+    seen = []
+    for _ in range(4):
+        with p.seal(timeout=1) as batch:
+            seen.append((int(batch.indices[0]), int(batch.frames[0, 0, 0, 0])))
+    assert seen == [(0, 0), (1, 1), (2, 2), (3, 3)]
+    assert signals == [("a", True), ("a", False)]
+    assert p.counters("a")["replaced"] == 0
+
+
+def test_fifo_overflow_beyond_four_times_depth_is_counted():
+    p = BatchPool(SHAPE, fifo_depth=1)
+    p.add("a", policy="fifo")
+    for i in range(7):
+        p.write("a", frame(i), i)
+    assert p.counters("a")["overflow"] == 2
+    assert p.counters("a")["queued"] == 4
+
+
+def test_writers_racing_a_sealer_never_tear_a_batch():
+    """Each frame is filled with one value; a torn slot would mix two of them."""
+    p = BatchPool((32, 32, 3), buffers=3, max_wait=0.001)
+    cams = ["a", "b"]
+    for cam in cams:
+        p.add(cam)
+    stop = threading.Event()
+
+    def produce(cam: str) -> None:
+        i = 0
+        while not stop.is_set():
+            p.write(cam, np.full((32, 32, 3), i % 251, np.uint8), i)
+            i += 1
+
+    threads = [threading.Thread(target=produce, args=(c,)) for c in cams]
+    for t in threads:
+        t.start()
+    last = {c: -1 for c in cams}
+    try:
+        for _ in range(300):
+            batch = p.seal(timeout=1)
+            assert batch is not None
+            with batch:
+                for slot, (cam, index, f) in enumerate(batch):
+                    if f is None:
+                        continue
+                    assert (f == index % 251).all(), "torn or mismatched slot"
+                    assert index > last[cam]  # never repeated, never older
+                    last[cam] = index
+                    assert batch.valid[slot]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
