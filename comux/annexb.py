@@ -1,0 +1,111 @@
+"""H.264/HEVC Annex-B helpers: which NAL units a packet holds, without decoding it.
+
+Kafka messages carry one encoded packet each; the consumer needs to know whether a
+packet is a keyframe (a decoder may join there) and whether it carries its parameter
+sets. Start codes are found with ``bytes.find`` (C speed): emulation prevention
+guarantees ``00 00 01`` never occurs inside a NAL unit, so no byte-wise parsing is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .errors import ConfigError
+
+__all__ = [
+    "START_CODE",
+    "normalize_codec",
+    "iter_nals",
+    "nal_types",
+    "is_keyframe",
+    "has_parameter_sets",
+    "parameter_sets",
+    "insert_parameter_sets",
+]
+
+START_CODE = b"\x00\x00\x00\x01"
+_SHORT_START = b"\x00\x00\x01"
+
+_H264_IDR = 5
+_H264_PARAMS = {7, 8}  # SPS, PPS
+_H264_VCL = range(1, 6)
+_HEVC_IRAP = range(16, 22)  # BLA_W_LP .. CRA_NUT
+_HEVC_PARAMS = {32, 33, 34}  # VPS, SPS, PPS
+_HEVC_VCL = range(0, 32)
+
+
+def normalize_codec(codec: str) -> str:
+    """Return ``"h264"`` or ``"hevc"`` for the spellings gateways use (h265, avc, ...)."""
+    name = codec.lower().replace(".", "").replace("-", "")
+    if name in ("h264", "avc", "avc1"):
+        return "h264"
+    if name in ("hevc", "h265", "hvc1", "hev1"):
+        return "hevc"
+    raise ConfigError(f"unsupported codec {codec!r}: only h264 and hevc")
+
+
+def iter_nals(data: bytes) -> Iterator[tuple[int, int]]:
+    """Yield ``(start, end)`` of each NAL unit, without start code and trailing zeros."""
+    find = data.find
+    pos = find(_SHORT_START)
+    while pos >= 0:
+        start = pos + 3
+        nxt = find(_SHORT_START, start)
+        end = len(data) if nxt < 0 else nxt
+        while end > start and data[end - 1] == 0:  # trailing_zero_8bits / 4-byte start code
+            end -= 1
+        if end > start:
+            yield start, end
+        pos = nxt
+
+
+def _type(data: bytes, start: int, hevc: bool) -> int:
+    header = data[start]
+    return (header >> 1) & 0x3F if hevc else header & 0x1F
+
+
+def nal_types(data: bytes, codec: str = "h264") -> list[int]:
+    """NAL unit types of an Annex-B packet, in order (empty for data without start codes)."""
+    hevc = normalize_codec(codec) == "hevc"
+    return [_type(data, start, hevc) for start, _ in iter_nals(data)]
+
+
+def is_keyframe(data: bytes, codec: str = "h264") -> bool:
+    """True when the packet holds an IDR slice (H.264) or an IRAP picture (HEVC)."""
+    hevc = normalize_codec(codec) == "hevc"
+    for start, _ in iter_nals(data):
+        t = _type(data, start, hevc)
+        if (t in _HEVC_IRAP) if hevc else (t == _H264_IDR):
+            return True
+    return False
+
+
+def has_parameter_sets(data: bytes, codec: str = "h264") -> bool:
+    """True when the packet carries SPS and PPS (and VPS for HEVC) in band."""
+    hevc = normalize_codec(codec) == "hevc"
+    wanted = _HEVC_PARAMS if hevc else _H264_PARAMS
+    return wanted <= {_type(data, start, hevc) for start, _ in iter_nals(data)}
+
+
+def parameter_sets(data: bytes, codec: str = "h264") -> bytes:
+    """The packet's parameter-set NAL units, each behind a 4-byte start code (b"" if none)."""
+    hevc = normalize_codec(codec) == "hevc"
+    wanted = _HEVC_PARAMS if hevc else _H264_PARAMS
+    return b"".join(
+        START_CODE + data[start:end]
+        for start, end in iter_nals(data)
+        if _type(data, start, hevc) in wanted
+    )
+
+
+def insert_parameter_sets(data: bytes, params: bytes, codec: str = "h264") -> bytes:
+    """Splice ``params`` in front of the first slice, after any AUD/SEI, as decoders expect."""
+    hevc = normalize_codec(codec) == "hevc"
+    vcl = _HEVC_VCL if hevc else _H264_VCL
+    for start, _ in iter_nals(data):
+        if _type(data, start, hevc) in vcl:
+            at = start - 3
+            if at > 0 and data[at - 1] == 0:
+                at -= 1
+            return data[:at] + params + data[at:]
+    return params + data
