@@ -45,9 +45,9 @@ class ConsumerSettings:
     @property
     def cooperative(self) -> bool:
         """Whether the group hands out partitions incrementally (KIP-848 or cooperative-sticky)."""
-        options = self.options or {}
-        return options.get("group.protocol") == "consumer" or "cooperative" in str(
-            options.get("partition.assignment.strategy", "")
+        config = self.librdkafka_config()
+        return config.get("group.protocol") == "consumer" or "cooperative" in str(
+            config.get("partition.assignment.strategy", "")
         )
 
     def librdkafka_config(self) -> dict[str, Any]:
@@ -57,6 +57,8 @@ class ConsumerSettings:
             "auto.offset.reset": "latest" if self.end else "earliest",
             "topic.metadata.refresh.interval.ms": 10_000,
             "fetch.wait.max.ms": 10,
+            # Adding a camera must not stop the others: only the new partitions move.
+            "partition.assignment.strategy": "cooperative-sticky",
             "client.id": f"comux-{os.getpid()}",
             "logger": logging.getLogger("comux.kafka"),
         }
@@ -143,6 +145,7 @@ class CameraConsumer:
 
     def add(self, decoder: CameraDecoder) -> DecodeWorker:
         """Route ``decoder``'s topic to the least loaded worker and subscribe to it."""
+        decoder.max_offset_diff = self.settings.max_offset_diff
         worker = min(self.workers, key=lambda w: len(w.cameras))
         worker.cameras.add(decoder.cam_id)
         self._decoders[decoder.cam_id] = decoder
@@ -191,7 +194,8 @@ class CameraConsumer:
         # Live video starts where the settings say, never at a stale committed offset.
         start = OFFSET_END if self.settings.end else OFFSET_BEGINNING
         for tp in partitions:
-            tp.offset = start
+            # A partition this process already read (an eager rebalance) resumes where it was.
+            tp.offset = self._next_fetch.get((tp.topic, tp.partition), start)
         if self.settings.cooperative:
             consumer.incremental_assign(partitions)
         else:
@@ -242,7 +246,7 @@ class CameraConsumer:
                     continue
                 self._route(msg)
             now = time.monotonic()
-            if self.settings.max_offset_diff is not None and now >= next_lag_check:
+            if now >= next_lag_check:
                 next_lag_check = now + 0.2
                 self._check_lag()
 
@@ -259,8 +263,6 @@ class CameraConsumer:
 
     def _check_lag(self) -> None:
         """Jump a camera that fell more than ``max_offset_diff`` behind to near the end."""
-        limit = self.settings.max_offset_diff
-        assert limit is not None
         for (topic, partition), fetched in list(self._next_fetch.items()):
             try:
                 decoder = self._decoders.get(self.schema.cam_id(topic))
@@ -268,6 +270,9 @@ class CameraConsumer:
                 continue
             if decoder is None or decoder.last_offset < decoder.skip_below:
                 continue  # gone, or still catching up with the previous jump
+            limit = decoder.max_offset_diff
+            if limit is None:
+                continue
             tp = TopicPartition(topic, partition)
             _, high = self._consumer.get_watermark_offsets(tp, cached=True)
             if high is None or high < 0 or high - 1 - decoder.last_offset <= limit:

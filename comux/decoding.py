@@ -120,6 +120,7 @@ class CameraDecoder:
         self._await_keyframe = True
         self._next_due = 0.0
         self.closed = False
+        self.max_offset_diff: int | None = None  # set by the consumer; per camera via update
         self.skip_below = -1
         self._synced_to = -1
         self.last_offset = -1
