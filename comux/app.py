@@ -13,6 +13,7 @@ import av
 from .batching import Allocator, Batch, BatchPool, Entry, Policy, frame_writer
 from .config import TopicSchema, resolve_bootstrap_servers
 from .consuming import CameraConsumer, ConsumerSettings, DecodeWorker
+from .control import Act, Control
 from .decoding import CameraDecoder, DecoderConfig, Message, PacketCache, PixFmt
 from .errors import ConfigError, StateError, UnknownCameraError, UnknownIndexError
 from .logs import configure_logging
@@ -75,6 +76,8 @@ class Comux:
         self._packets: dict[str, PacketCache] = {}
         self._pool: BatchPool | None = None
         self._policy: Policy = "latest"
+        self._paused: set[str] = set()
+        self.control: Control | None = None
         self._lock = threading.RLock()
         self._started = False
         self._closed = False
@@ -236,9 +239,25 @@ class Comux:
                 connect_timeout=connect_timeout,
             )
 
-    def setup_controller(self, *args: Any, **kwargs: Any) -> None:
-        """Control topic: not available yet."""
-        raise NotImplementedError("the control topic is not implemented yet")
+    def setup_controller(
+        self,
+        control_topic: str,
+        control_bootstrap_servers: str | Iterable[str] | None = None,
+        acts: Mapping[str, Act] | None = None,
+        **options: Any,
+    ) -> Control:
+        """Start the control thread on ``control_topic`` (see :class:`comux.control.Control`).
+
+        :param acts: action name → ``f(comux, value)``, added to the built-in ``create``,
+            ``delete``, ``update``, ``list``, ``pause`` and ``resume``.
+        :param options: ``reply_topic``, ``instance_id``, ``groups``, ``filter``, ``secret``,
+            ``max_skew``, ``max_payload``, ``max_cameras``; the rest go to librdkafka.
+        """
+        with self._lock:
+            if self.control is not None:
+                self.control.kill()
+            self.control = Control(control_topic, control_bootstrap_servers, acts, self, **options)
+            return self.control
 
     # -- cameras -----------------------------------------------------------------------------
 
@@ -309,7 +328,71 @@ class Comux:
             self.cam_ids.remove(cam_id)
             self._packets.pop(cam_id, None)
 
+    def add_cameras(self, cam_ids: Iterable[str]) -> dict[str, list[str]]:
+        """Add cameras while running; they join the next batch once their first frame is decoded."""
+        created, existing = [], []
+        with self._lock:
+            for cam_id in cam_ids:
+                self._check_cam_id(cam_id)
+                if cam_id in self._decoders or (not self._started and cam_id in self.cam_ids):
+                    existing.append(cam_id)
+                    continue
+                if self._started:
+                    self.connect(cam_id)
+                elif cam_id not in self.cam_ids:
+                    self.cam_ids.append(cam_id)
+                created.append(cam_id)
+        return {"created": created, "existing": existing}
+
+    def update(
+        self,
+        cam_id: str,
+        *,
+        rate: float | None | object = ...,
+        max_offset_diff: int | None | object = ...,
+        policy: Policy | object = ...,
+    ) -> None:
+        """Change one running camera's settings; arguments left out stay as they are."""
+        self._known(cam_id)
+        decoder = self._decoders.get(cam_id)
+        if decoder is None:
+            raise StateError(f"camera {cam_id!r} is not connected: call start() first")
+        if rate is not ...:
+            decoder.set_rate(rate)  # type: ignore[arg-type]
+        if max_offset_diff is not ...:
+            if max_offset_diff is not None and (
+                not isinstance(max_offset_diff, int) or max_offset_diff < 1
+            ):
+                raise ConfigError(f"max_offset_diff must be >= 1 or None, got {max_offset_diff!r}")
+            decoder.max_offset_diff = max_offset_diff  # type: ignore[assignment]
+        if policy is not ... and self._pool is not None:
+            self._pool.add(cam_id, policy)  # type: ignore[arg-type]
+
+    def pause(self, cam_id: str) -> None:
+        """Stop fetching ``cam_id``; its slot leaves the batches until :meth:`resume`."""
+        with self._lock:
+            self._known(cam_id)
+            consumer = self._require_consumer()
+            if cam_id in self._paused:
+                return
+            self._paused.add(cam_id)
+            consumer.pause(cam_id, True)
+            if self._pool is not None:
+                self._pool.remove(cam_id)
+
+    def resume(self, cam_id: str) -> None:
+        with self._lock:
+            self._known(cam_id)
+            consumer = self._require_consumer()
+            if cam_id not in self._paused:
+                return
+            self._paused.discard(cam_id)
+            if self._pool is not None:
+                self._pool.add(cam_id, self._policy)
+            consumer.pause(cam_id, False)
+
     def _disconnect(self, cam_id: str) -> None:
+        self._paused.discard(cam_id)
         if self._decoders.pop(cam_id, None) is not None and self._consumer is not None:
             self._consumer.remove(cam_id)
         if self._pool is not None:
@@ -383,6 +466,8 @@ class Comux:
             if self._closed:
                 return
             self._closed = True
+            if self.control is not None:
+                self.control.kill(timeout / 4)
             if self._consumer is not None:
                 self._consumer.close(timeout / 2)
             if self._producer is not None:

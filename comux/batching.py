@@ -78,6 +78,7 @@ class _Camera:
     last_written: int = -1  # id of the buffer holding this camera's newest frame
     pending: deque[tuple[Any, int, int | None]] = field(default_factory=deque)  # fifo only
     paused: bool = False
+    started: bool = False
     replaced: int = 0
     stale: int = 0
     overflow: int = 0
@@ -370,6 +371,7 @@ class BatchPool:
             else:
                 np.copyto(slot, frame)
             cam.last_written = buf.id
+        cam.started = True
         flags = 0 if frame is not None else 2
         record = (index, -1 if pts is None else pts, time.time(), buf.id, flags)
         if not cam.ring.push(*record):
@@ -382,10 +384,11 @@ class BatchPool:
     # -- sealing (the model's thread) --------------------------------------------------------
 
     def _ready(self) -> bool:
-        if not self._order:
-            return False
-        fresh = sum(1 for cam in self._order if len(cam.ring))
-        if fresh == len(self._order):
+        # A camera counts once it has sent its first frame: one just added must not stall
+        # the others' batches while it waits for a keyframe.
+        live = [cam for cam in self._order if cam.started]
+        fresh = sum(1 for cam in live if len(cam.ring))
+        if live and fresh == len(live):
             return True
         if fresh and self.max_wait is not None and self._first_frame_at is not None:
             return time.monotonic() - self._first_frame_at >= self.max_wait

@@ -196,10 +196,14 @@ class CameraConsumer:
         for tp in partitions:
             # A partition this process already read (an eager rebalance) resumes where it was.
             tp.offset = self._next_fetch.get((tp.topic, tp.partition), start)
-        if self.settings.cooperative:
-            consumer.incremental_assign(partitions)
-        else:
-            consumer.assign(partitions)
+        try:
+            if self.settings.cooperative:
+                consumer.incremental_assign(partitions)
+            else:
+                consumer.assign(partitions)
+        except KafkaException as exc:  # raising here would kill the poll thread
+            log.warning("assignment failed (closing?): %s", exc)
+            return
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
 
     # -- running -----------------------------------------------------------------------------

@@ -41,8 +41,10 @@ def test_steps_out_of_order_raise_state_error():
         cameras.start()
     with pytest.raises(StateError, match="setup_producer"):
         cameras.send("a", 0, {})
-    with pytest.raises(NotImplementedError):
-        cameras.setup_controller("control", "127.0.0.1:1", {})
+    with pytest.raises(BrokerUnavailableError):
+        cameras.setup_controller("control", "127.0.0.1:1", {}, connect_timeout=0.5)
+    with pytest.raises(ConfigError):
+        cameras.setup_controller("control", "127.0.0.1:1", {"x": "not callable"})
 
 
 def test_unreachable_broker_raises_within_bounded_time_naming_servers():

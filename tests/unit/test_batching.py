@@ -31,6 +31,9 @@ def pool(*cams: str, **kw) -> BatchPool:
 
 def test_batch_waits_for_every_camera_and_keeps_the_newest(writer):
     p = pool("a", "b", writer=writer)
+    p.write("a", frame(0), 8)
+    p.write("b", frame(0), 2)
+    p.seal().release()
     p.write("a", frame(1), 10)
     p.write("a", frame(2), 11)
     done = threading.Event()
@@ -257,3 +260,12 @@ def test_writers_racing_a_sealer_never_tear_a_batch():
         stop.set()
         for t in threads:
             t.join()
+
+
+def test_a_camera_without_its_first_frame_does_not_stall_the_others():
+    p = pool("a")
+    p.add("new")  # waiting for its first keyframe
+    p.write("a", frame(1), 1)
+    with p.seal(timeout=5) as batch:
+        assert batch.cam_ids == ["a", "new"]
+        assert batch.valid.tolist() == [True, False]
