@@ -3,6 +3,7 @@
 from . import _ext  # noqa: F401  (fails early, with build instructions, when the core is missing)
 from .app import Comux
 from .config import TopicSchema
+from .registry import MongoConnect
 from .errors import (
     BatchReleasedError,
     BrokerUnavailableError,
@@ -11,6 +12,7 @@ from .errors import (
     ConfigError,
     KafkaError,
     ProvisionError,
+    RegistryError,
     StateError,
     UnknownCameraError,
     UnknownIndexError,
@@ -20,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Comux",
+    "MongoConnect",
     "TopicSchema",
     "ComuxError",
     "ConfigError",
@@ -31,4 +34,5 @@ __all__ = [
     "BatchReleasedError",
     "ProvisionError",
     "StateError",
+    "RegistryError",
 ]

@@ -18,6 +18,7 @@ from .decoding import CameraDecoder, DecoderConfig, Message, PacketCache, PixFmt
 from .errors import ConfigError, StateError, UnknownCameraError, UnknownIndexError
 from .logs import configure_logging
 from .producing import HeaderValue, ResultProducer
+from .registry import CameraSync, MongoConnect, sync_cameras
 
 __all__ = ["Comux"]
 
@@ -78,6 +79,9 @@ class Comux:
         self._policy: Policy = "latest"
         self._paused: set[str] = set()
         self.control: Control | None = None
+        self.registry: MongoConnect | None = None
+        self._sync: CameraSync | None = None
+        self._sync_stop = threading.Event()
         self._lock = threading.RLock()
         self._started = False
         self._closed = False
@@ -87,6 +91,39 @@ class Comux:
             f"Comux(cameras={len(self.cam_ids)}, consume={self.consume_schema.template!r}, "
             f"produce={self.produce_schema.template!r}, started={self._started})"
         )
+
+    @classmethod
+    def from_mongo(
+        cls,
+        uri: str,
+        database: str,
+        collection: str,
+        consume_schema: str = "raw.:cam_id",
+        produce_schema: str = "out.:cam_id",
+        log_level: str | int = "ERROR",
+        *,
+        query: Mapping[str, Any] | None = None,
+        field: str = "cam_id",
+        **kwargs: Any,
+    ) -> Comux:
+        """Build a Comux whose cameras are the ids found in a MongoDB collection.
+
+        The registry stays at ``comux.registry``; :meth:`sync` keeps following it.
+        """
+        registry = MongoConnect(uri, database, collection, query, field)
+        registry.connect()
+        comux = cls(registry.ret_cam_ids(), consume_schema, produce_schema, log_level, **kwargs)
+        comux.registry = registry
+        return comux
+
+    def sync(self, interval: float = 30.0) -> CameraSync:
+        """Create and delete cameras as documents come and go in the registry, every ``interval`` s."""
+        if self.registry is None:
+            raise StateError("sync() needs a registry: build with Comux.from_mongo()")
+        if self._sync is None or not self._sync.is_alive():
+            self._sync_stop.clear()
+            self._sync = sync_cameras(self, self.registry, interval, stop=self._sync_stop)
+        return self._sync
 
     # -- names -------------------------------------------------------------------------------
 
@@ -466,6 +503,9 @@ class Comux:
             if self._closed:
                 return
             self._closed = True
+            self._sync_stop.set()
+            if self.registry is not None:
+                self.registry.close()
             if self.control is not None:
                 self.control.kill(timeout / 4)
             if self._consumer is not None:

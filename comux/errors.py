@@ -12,6 +12,7 @@ __all__ = [
     "ComuxTimeoutError",
     "BatchReleasedError",
     "StateError",
+    "RegistryError",
     "ProvisionError",
 ]
 
@@ -76,3 +77,10 @@ class ProvisionError(ComuxError, RuntimeError):
 
 class StateError(ComuxError, RuntimeError):
     """A method was called before the setup step it needs, or after close()."""
+
+
+class RegistryError(ComuxError, ConnectionError):
+    """The camera registry (MongoDB) could not be reached, authenticated against or queried.
+
+    Its message names host:port only; it never holds credentials nor pymongo's own text.
+    """

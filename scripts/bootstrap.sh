@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install what comux needs on a Debian or Ubuntu machine, then the package itself into .venv.
+# Install what comux and its tests need on a Debian or Ubuntu machine (a JDK and Maven for the
+# local Kafka, FerretDB for the registry tests), then the package itself into .venv.
 # Idempotent: each step runs only when its tool is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,8 @@ if ! command -v java >/dev/null || [ "$(java_major)" -lt 17 ]; then
     fi
 fi
 command -v mvn >/dev/null || apt_install maven
+# FerretDB (MongoDB wire protocol over SQLite) for the camera-registry tests; needs Go >= 1.24.
+bash scripts/install-ferretdb.sh >/dev/null
 
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv

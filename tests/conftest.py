@@ -1,11 +1,12 @@
-"""Shared fixtures: synthetic video made by the tests, and the real broker for the integration tier."""
+"""Shared fixtures: synthetic video made by the tests; the real Kafka and FerretDB servers."""
 
 from __future__ import annotations
 
 import pytest
 
 from comux.media import EncodedPacket, synthetic_packets
-from tests.fixtures_kafka import kafka_broker  # noqa: F401  (session fixture)
+from tests.fixtures_kafka import kafka_broker  # noqa: F401  (session fixtures)
+from tests.fixtures_mongo import mongo_auth_server, mongo_server  # noqa: F401
 
 
 @pytest.fixture(scope="session")
