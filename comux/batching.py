@@ -543,19 +543,20 @@ def pyav_writer(pix_fmt: str) -> FrameWriter:
 def frame_writer(pix_fmt: str) -> FrameWriter:
     """Convert decoded frames straight into their slot with the compiled kernels.
 
-    Formats the kernels do not cover (10-bit, 4:2:2, ...) go through swscale and one copy.
+    What the kernels do not cover (10-bit, 4:2:2, odd nv12 sizes, ...) goes through swscale and
+    one copy, decided per frame before any pixel is written.
     """
+    from ._ext.convert import SUPPORTED_INPUTS, write_frame
+
     fallback = pyav_writer(pix_fmt)
-    try:  # TEMPORARY until the kernels land
-        from ._ext.convert import SUPPORTED_INPUTS, write_frame
-    except ImportError:
-        return fallback
 
     def write(frame: Any, out: np.ndarray) -> None:
         if isinstance(frame, av.VideoFrame) and frame.format.name in SUPPORTED_INPUTS:
-            write_frame(frame, out, pix_fmt)
-        else:
-            fallback(frame, out)
+            try:
+                write_frame(frame, out, pix_fmt)
+                return
+            except ConfigError:  # refused before writing anything
+                pass
+        fallback(frame, out)
 
     return write
-
