@@ -3,7 +3,6 @@
 from . import _ext  # noqa: F401  (fails early, with build instructions, when the core is missing)
 from .app import Comux
 from .config import TopicSchema
-from .registry import MongoConnect
 from .errors import (
     BatchReleasedError,
     BrokerUnavailableError,
@@ -17,6 +16,7 @@ from .errors import (
     UnknownCameraError,
     UnknownIndexError,
 )
+from .registry import MongoConnect
 
 __version__ = "0.1.0"
 

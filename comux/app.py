@@ -117,7 +117,7 @@ class Comux:
         return comux
 
     def sync(self, interval: float = 30.0) -> CameraSync:
-        """Create and delete cameras as documents come and go in the registry, every ``interval`` s."""
+        """Follow the registry: create and delete cameras as documents come and go."""
         if self.registry is None:
             raise StateError("sync() needs a registry: build with Comux.from_mongo()")
         if self._sync is None or not self._sync.is_alive():
@@ -158,7 +158,8 @@ class Comux:
     ) -> None:
         """Create the Kafka consumer and check that a broker answers.
 
-        :param bootstrap_servers: list or comma-separated string (default: ``$COMUX_BOOTSTRAP_SERVERS``).
+        :param bootstrap_servers: list or comma-separated string
+            (default: ``$COMUX_BOOTSTRAP_SERVERS``).
         :param end: start from the end of each topic (live); False starts from the earliest offset.
         :param max_offset_diff: when a camera falls further behind the end of its topic, jump
             forward to near the end and count the skipped messages; None never jumps.
@@ -184,7 +185,9 @@ class Comux:
                 options=consumer_options,
                 connect_timeout=connect_timeout,
             )
-            consumer = CameraConsumer(settings, self.consume_schema, decode_threads=self._decode_threads)
+            consumer = CameraConsumer(
+                settings, self.consume_schema, decode_threads=self._decode_threads
+            )
             try:
                 consumer.check()
             except Exception:
@@ -453,11 +456,15 @@ class Comux:
         return self._pool.take(cam_id, timeout)
 
     @overload
-    def get_batch(self, timeout: float | None = ..., *, stacked: Literal[False] = ...) -> list[Entry] | None: ...
+    def get_batch(
+        self, timeout: float | None = ..., *, stacked: Literal[False] = ...
+    ) -> list[Entry] | None: ...
     @overload
     def get_batch(self, timeout: float | None = ..., *, stacked: Literal[True]) -> Batch | None: ...
 
-    def get_batch(self, timeout: float | None = None, *, stacked: bool = False) -> list[Entry] | Batch | None:
+    def get_batch(
+        self, timeout: float | None = None, *, stacked: bool = False
+    ) -> list[Entry] | Batch | None:
         """Return the newest frame of every running camera, or None when none came in ``timeout``.
 
         Waits until every camera has a new frame (or ``max_wait`` after the first one). With
@@ -474,8 +481,10 @@ class Comux:
         with batch:
             return [(c, i, None if f is None else f.copy()) for c, i, f in batch]
 
-    def send(self, cam_id: str, index: int, headers: Mapping[str, HeaderValue] | None = None) -> None:
-        """Produce the original packet of ``index`` to ``cam_id``'s output topic with ``headers``."""
+    def send(
+        self, cam_id: str, index: int, headers: Mapping[str, HeaderValue] | None = None
+    ) -> None:
+        """Produce the original packet of ``index`` to the output topic, with ``headers``."""
         self._known(cam_id)
         if self._producer is None:
             raise StateError("call setup_producer() first")

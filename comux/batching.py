@@ -23,7 +23,16 @@ import numpy as np
 from ._ext.ring import SpscRing
 from .errors import BatchReleasedError, ComuxTimeoutError, ConfigError, UnknownCameraError
 
-__all__ = ["Batch", "BatchPool", "Allocator", "FrameWriter", "Policy", "Entry", "frame_writer", "pyav_writer"]
+__all__ = [
+    "Batch",
+    "BatchPool",
+    "Allocator",
+    "FrameWriter",
+    "Policy",
+    "Entry",
+    "frame_writer",
+    "pyav_writer",
+]
 
 Entry = tuple[str, int, "np.ndarray | None"]
 Policy = Literal["latest", "fifo"]
@@ -553,7 +562,7 @@ def frame_writer(pix_fmt: str) -> FrameWriter:
     def write(frame: Any, out: np.ndarray) -> None:
         if isinstance(frame, av.VideoFrame) and frame.format.name in SUPPORTED_INPUTS:
             try:
-                write_frame(frame, out, pix_fmt)
+                write_frame(frame, out, pix_fmt)  # type: ignore[arg-type]
                 return
             except ConfigError:  # refused before writing anything
                 pass

@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError as RdKafkaError
 
 from .config import TopicSchema, redact
 from .decoding import CameraDecoder
-from .errors import BrokerUnavailableError, KafkaError
+from .errors import BrokerUnavailableError
 
 __all__ = ["ConsumerSettings", "CameraConsumer", "DecodeWorker", "check_broker"]
 
@@ -74,7 +74,7 @@ class ConsumerSettings:
 
 
 def check_broker(client: Any, servers: str, timeout: float) -> None:
-    """Raise BrokerUnavailableError naming ``servers`` unless a broker answers within ``timeout``."""
+    """Raise BrokerUnavailableError naming ``servers`` unless a broker answers in time."""
     try:
         metadata = client.list_topics(timeout=timeout)
     except KafkaException as exc:

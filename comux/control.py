@@ -350,9 +350,10 @@ class Control:
                 continue
             if msg is None:
                 continue
-            if msg.error():
-                if msg.error().code() != msg.error()._PARTITION_EOF:
-                    log.warning("control consumer: %s", msg.error())
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("control consumer: %s", err)
                 continue
             try:
                 self._handle(msg)
@@ -453,7 +454,9 @@ class Control:
 
     def _reply(self, action: str, request_id: str | None, body: dict[str, Any]) -> None:
         reply = {"action": action[:128], "id": request_id, "instance": self.instance_id, **body}
-        headers = [(REQUEST_ID_HEADER, request_id.encode())] if request_id else []
+        headers: list[tuple[str, str | bytes | None]] = (
+            [(REQUEST_ID_HEADER, request_id.encode())] if request_id else []
+        )
         try:
             self._producer.produce(
                 self.reply_topic,
@@ -464,4 +467,3 @@ class Control:
             self._producer.poll(0)
         except (BufferError, KafkaException) as exc:
             log.error("control reply to %s failed: %s", self.reply_topic, exc)
-

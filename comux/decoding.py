@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import av
 from av.video.reformatter import VideoReformatter
@@ -127,14 +128,14 @@ class CameraDecoder:
         self.gop = 0
         self._last_key_offset = -1
 
-    def _open(self) -> av.CodecContext:
-        ctx = av.CodecContext.create(self._codec_name, "r")
+    def _open(self) -> av.VideoCodecContext:
+        ctx = cast(av.VideoCodecContext, av.CodecContext.create(self._codec_name, "r"))
         ctx.thread_count = self.config.codec_threads
         ctx.copy_opaque = True
         return ctx
 
     def set_rate(self, rate: float | None) -> None:
-        self.config = DecoderConfig(**{**self.config.__dict__, "rate": rate})
+        self.config = dataclasses.replace(self.config, rate=rate)
 
     def decode(self, msg: Message) -> None:
         """Decode one message; count, never raise, on bad input."""
@@ -182,7 +183,7 @@ class CameraDecoder:
         return is_keyframe(data, self._codec_name)
 
     def _frame(self, frame: av.VideoFrame) -> None:
-        msg: Message = frame.opaque
+        msg = cast(Message, frame.opaque)
         self.stats.frames += 1
         if frame.is_corrupt:
             self._fail(msg, "corrupt frame (missing or damaged data)")
@@ -198,7 +199,10 @@ class CameraDecoder:
         if frame.width != self.config.width or frame.height != self.config.height:
             # Scale only; the batch writer converts the colours straight into the slot.
             frame = self._scaler.reformat(
-                frame, width=self.config.width, height=self.config.height, format="yuv420p",
+                frame,
+                width=self.config.width,
+                height=self.config.height,
+                format="yuv420p",
                 threads=1,
             )
         self.stats.delivered += 1

@@ -1,4 +1,4 @@
-"""The ``comux`` logger: a level from the constructor, stderr by default, a rotating file on request."""
+"""The ``comux`` logger: a level, stderr by default, a rotating file on request."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ __all__ = ["configure_logging"]
 _FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
 
 
-def configure_logging(level: str | int = "ERROR", log_file: str | os.PathLike | None = None) -> logging.Logger:
+def configure_logging(
+    level: str | int = "ERROR", log_file: str | os.PathLike | None = None
+) -> logging.Logger:
     """Set the level of the ``comux`` logger and attach its handlers once.
 
     An application that configures logging itself keeps control: a stderr handler is only added
@@ -34,7 +36,7 @@ def configure_logging(level: str | int = "ERROR", log_file: str | os.PathLike | 
             handler.setFormatter(formatter)
             logger.addHandler(handler)
     if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(formatter)
-        logger.addHandler(handler)
+        stderr = logging.StreamHandler()
+        stderr.setFormatter(formatter)
+        logger.addHandler(stderr)
     return logger

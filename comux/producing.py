@@ -1,4 +1,4 @@
-"""Results back to Kafka: the original packet, the model's headers and where the packet came from."""
+"""Results back to Kafka: the original packet, the model's headers and the packet's origin."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
 from confluent_kafka import KafkaError as RdKafkaError
+from confluent_kafka import KafkaException, Producer
 
 from .config import redact
 from .consuming import check_broker
@@ -37,7 +37,9 @@ def encode_headers(headers: Mapping[str, HeaderValue] | None) -> list[tuple[str,
     if headers is None:
         return []
     if not isinstance(headers, Mapping):
-        raise ConfigError(f"headers must be a mapping of str to values, got {type(headers).__name__}")
+        raise ConfigError(
+            f"headers must be a mapping of str to values, got {type(headers).__name__}"
+        )
     out: list[tuple[str, bytes]] = []
     for name, value in headers.items():
         if not isinstance(name, str):
@@ -113,8 +115,8 @@ class ResultProducer:
         key: bytes | None = None,
         timeout: float = 10.0,
     ) -> None:
-        """Produce ``source``'s original value to ``topic`` with its headers, provenance and ``headers``."""
-        out = list(source.headers() or ())
+        """Produce ``source``'s value to ``topic`` with its headers, provenance and ``headers``."""
+        out: list[tuple[str, str | bytes | None]] = list(source.headers() or ())
         out += [
             (SOURCE_HEADERS[0], source.topic().encode()),
             (SOURCE_HEADERS[1], str(source.partition()).encode()),

@@ -9,7 +9,6 @@ It publishes two synthetic cameras in the background, then runs the seed's loop.
 import argparse
 import os
 import threading
-from typing import List, Tuple
 
 import numpy as np
 
@@ -41,8 +40,12 @@ for cam in cam_ids:
     threading.Thread(
         target=publish,
         args=(lambda: iter(clip), cam),
-        kwargs={"bootstrap_servers": opts.bootstrap_servers, "rate": "realtime", "loop": 0,
-                "stop": stop},
+        kwargs={
+            "bootstrap_servers": opts.bootstrap_servers,
+            "rate": "realtime",
+            "loop": 0,
+            "stop": stop,
+        },
         daemon=True,
     ).start()
 
@@ -51,31 +54,36 @@ open("pid", "w").write(str(os.getpid()))
 # Create an instance (it is better to be one instance per process)
 cameras = Comux(cam_ids, consume_schema, produce_schema, "ERROR")
 # Make consumers connect (wait for it)
-cameras.setup_consumers(consumer_bootstrap_servers, overwrite=True, end=True,
-                        max_offset_diff=20, strict_on_fail=True, over_write=False, **{})
+cameras.setup_consumers(
+    consumer_bootstrap_servers,
+    overwrite=True,
+    end=True,
+    max_offset_diff=20,
+    strict_on_fail=True,
+    over_write=False,
+    **{},
+)
 # (setup_controller arrives with the control topic)
 # construct a decoder for each camera
-cameras.setup_decoders(rate=10, W=1920, H=1080,
-                       de_codec="h264", pix_fmt="yuv420p")
+cameras.setup_decoders(rate=10, W=1920, H=1080, de_codec="h264", pix_fmt="yuv420p")
 # Make producer connect (wait for it)
-cameras.setup_producer(
-  producer_bootstrap_servers, strict_on_fail=True, over_write=False, **{})
+cameras.setup_producer(producer_bootstrap_servers, strict_on_fail=True, over_write=False, **{})
 # Start consuming on the background (multi-thread)
 cameras.start()
 sent = 0
 for _ in range(opts.batches):
-  batch: List[Tuple[str, int, np.ndarray]] = cameras.get_batch(timeout=10)
-  for cam_id, index, array in batch or []:
-    model = choose_mode_based_on(cam_id)
-    # in case of unsuccessful decoding you get a None for array
-    if array is None:
-      continue
-    # feed
-    results = model(array)
-    # form your headers from results to be sent
-    headers: dict = prepare(results)
-    cameras.send(cam_id, index, headers)
-    sent += 1
+    batch: list[tuple[str, int, np.ndarray]] = cameras.get_batch(timeout=10)
+    for cam_id, index, array in batch or []:
+        model = choose_mode_based_on(cam_id)
+        # in case of unsuccessful decoding you get a None for array
+        if array is None:
+            continue
+        # feed
+        results = model(array)
+        # form your headers from results to be sent
+        headers: dict = prepare(results)
+        cameras.send(cam_id, index, headers)
+        sent += 1
 
 stop.set()
 cameras.close()

@@ -35,7 +35,9 @@ class FakeMessage:
         return self._headers
 
 
-def messages(packets: list[EncodedPacket], *, headers: bool = True, first: int = 0) -> list[FakeMessage]:
+def messages(
+    packets: list[EncodedPacket], *, headers: bool = True, first: int = 0
+) -> list[FakeMessage]:
     return [
         FakeMessage(p.data, first + i, _headers=p.headers() if headers else None)
         for i, p in enumerate(packets)

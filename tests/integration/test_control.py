@@ -1,4 +1,4 @@
-"""The control topic against the real broker: hot add/remove, replies, refusals, replays, restarts."""
+"""The control topic on the real broker: hot add/remove, replies, refusals, replays, restarts."""
 
 from __future__ import annotations
 
@@ -40,8 +40,13 @@ class Remote:
         self.replies.subscribe([f"{topic}.replies"])
         self.seen: dict[str, list[dict]] = {}
 
-    def send(self, action: str, value: bytes | dict, headers: list | None = None,
-             request_id: str | None = None) -> str:
+    def send(
+        self,
+        action: str,
+        value: bytes | dict,
+        headers: list | None = None,
+        request_id: str | None = None,
+    ) -> str:
         request_id = request_id or uuid.uuid4().hex
         body = value if isinstance(value, bytes) else json.dumps(value).encode()
         hdrs = list(headers or [])
@@ -78,8 +83,12 @@ def cameras_publishing(kafka_broker) -> Iterator[tuple[list[str], threading.Even
         threading.Thread(
             target=publish,
             args=(lambda: iter(CLIP), cam),
-            kwargs={"bootstrap_servers": kafka_broker.bootstrap, "rate": "realtime",
-                    "loop": 0, "stop": stop},
+            kwargs={
+                "bootstrap_servers": kafka_broker.bootstrap,
+                "rate": "realtime",
+                "loop": 0,
+                "stop": stop,
+            },
             daemon=True,
         )
         for cam in cams
@@ -149,8 +158,10 @@ def test_create_and_delete_while_frames_flow(kafka_broker, cameras_publishing):
                 during = {cam: n - start.get(cam, 0) for cam, n in delivered(comux).items()}
         reply = remote.reply(request)
         assert reply["status"] == "ok" and reply["result"]["created"] == [c]
-        print(f"create -> first frame of the new camera: {first_c:.3f} s; frames in 3 s "
-              f"before {before}, during {during}")
+        print(
+            f"create -> first frame of the new camera: {first_c:.3f} s; frames in 3 s "
+            f"before {before}, during {during}"
+        )
         for cam in (a, b):
             # The others keep their frame rate, and their batches never stall.
             assert during[cam] >= 0.9 * before[cam], (before, during)
@@ -242,8 +253,9 @@ def test_replayed_request_is_answered_again_but_applied_once(kafka_broker):
         assert first["result"] == 1 and second["result"] == 1 and second["duplicate"] is True
         assert len(applied) == 1
         # The payload's "id" field serves when the header is absent.
-        third = remote.call("count", {"id": "req-2"}, headers=[(REQUEST_ID_HEADER, b"")],
-                            request_id="req-2")
+        third = remote.call(
+            "count", {"id": "req-2"}, headers=[(REQUEST_ID_HEADER, b"")], request_id="req-2"
+        )
         assert third["id"] == "req-2" and len(applied) == 2
     finally:
         comux.close()

@@ -1,4 +1,4 @@
-"""The seed's whole flow against the real broker: publish, consume, decode, batch, send, read back."""
+"""The seed's whole flow on the real broker: publish, consume, decode, batch, send, read back."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import uuid
 
 import av
 import numpy as np
-import pytest
 from confluent_kafka import Consumer
 
 from comux import Comux

@@ -34,9 +34,23 @@ def test_publish_mp4_then_consume_and_decode(kafka_broker, tmp_path):
     expected = write_mp4(tmp_path / "clip.mp4")
     cam = f"mp4-{uuid.uuid4().hex[:8]}"
     result = subprocess.run(
-        [sys.executable, "-m", "comux", "publish", str(tmp_path / "clip.mp4"), "--cam-id", cam,
-         "--bootstrap-servers", kafka_broker.bootstrap, "--rate", "max", "--no-progress"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "comux",
+            "publish",
+            str(tmp_path / "clip.mp4"),
+            "--cam-id",
+            cam,
+            "--bootstrap-servers",
+            kafka_broker.bootstrap,
+            "--rate",
+            "max",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "40 packets" in result.stdout

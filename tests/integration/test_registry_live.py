@@ -1,14 +1,12 @@
 """comux.registry against a real MongoDB-compatible server (FerretDB 1.24 on SQLite)."""
 
-
-
 from __future__ import annotations
 
 import logging
 import secrets
 import threading
-import traceback
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any

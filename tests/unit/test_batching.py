@@ -278,8 +278,12 @@ def test_compiled_and_reference_writers_assemble_the_same_batches(small_video, p
 
     ctx = av.CodecContext.create("h264", "r")
     decoded = [f for p in small_video[:20] for f in ctx.decode(av.Packet(p.data))]
-    shape = {"rgb24": (240, 320, 3), "bgr24": (240, 320, 3), "gray": (240, 320),
-             "yuv420p": (360, 320)}[pix_fmt]
+    shape = {
+        "rgb24": (240, 320, 3),
+        "bgr24": (240, 320, 3),
+        "gray": (240, 320),
+        "yuv420p": (360, 320),
+    }[pix_fmt]
     pools = [BatchPool(shape, writer=w(pix_fmt)) for w in (frame_writer, pyav_writer)]
     for p in pools:
         p.add("a")

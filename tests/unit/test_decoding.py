@@ -108,8 +108,9 @@ def test_truncated_keyframe_is_an_error_not_a_silent_frame(small_video):
     msgs = messages(small_video)
     keys = [i for i, p in enumerate(small_video) if p.keyframe]
     k = keys[2]
-    msgs[k] = FakeMessage(small_video[k].data[: len(small_video[k].data) // 3], k,
-                          _headers=small_video[k].headers())
+    msgs[k] = FakeMessage(
+        small_video[k].data[: len(small_video[k].data) // 3], k, _headers=small_video[k].headers()
+    )
     for msg in msgs:
         dec.decode(msg)
     assert dec.stats.decode_errors >= 1

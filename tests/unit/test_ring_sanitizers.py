@@ -21,9 +21,24 @@ def test_ring_is_clean_under_sanitizers(tmp_path, flags):
     assert cc, "a C compiler is needed (the package itself needs one to build)"
     binary = tmp_path / "ring_stress"
     subprocess.run(
-        [cc, "-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", *flags,
-         f"-I{INCLUDE}", str(SOURCE), "-o", str(binary), "-lpthread"],
-        check=True, capture_output=True, text=True,
+        [
+            cc,
+            "-std=gnu11",
+            "-O1",
+            "-g",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            *flags,
+            f"-I{INCLUDE}",
+            str(SOURCE),
+            "-o",
+            str(binary),
+            "-lpthread",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     run = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
