@@ -63,6 +63,8 @@ class ConsumerSettings:
             "logger": logging.getLogger("comux.kafka"),
         }
         config.update(self.options or {})
+        if config.get("group.protocol") == "consumer":
+            del config["partition.assignment.strategy"]  # the broker assigns under KIP-848
         config["bootstrap.servers"] = self.bootstrap_servers
         return config
 
@@ -135,6 +137,8 @@ class CameraConsumer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="comux-consumer", daemon=True)
         self._subscribed: list[str] = []
+        self._subscription_dirty = False
+        self._rebalance_since: float | None = None  # set by a subscription change until assigned
         self.unknown_topic_errors = 0
         self.poll_errors = 0
 
@@ -163,11 +167,11 @@ class CameraConsumer:
         self._resubscribe()
 
     def _resubscribe(self) -> None:
-        topics = sorted(self.schema.topic(c) for c in self._decoders)
-        if self._thread.is_alive():
-            self._commands.put(lambda: self._subscribe(topics))
-        else:
-            self._subscribe(topics)
+        # Only the poll thread subscribes, reading the set when it does, and never while the
+        # previous change is still rebalancing: a burst of changes (all cameras at start, a
+        # create with many ids) becomes one rejoin. Overlapping rejoins can leave a pending
+        # member on the broker that stalls the whole group until the broker gives up on it.
+        self._subscription_dirty = True
 
     def pause(self, cam_id: str, pause: bool = True) -> None:
         """Stop (or restart) fetching ``cam_id``'s partitions: backpressure without dropping."""
@@ -181,16 +185,19 @@ class CameraConsumer:
 
         self._commands.put(apply)
 
-    def _subscribe(self, topics: list[str]) -> None:
+    def _subscribe(self) -> None:
+        topics = sorted(self.schema.topic(c) for c in list(self._decoders))
         if topics == self._subscribed:
             return
         self._subscribed = topics
         if topics:
+            self._rebalance_since = time.monotonic()
             self._consumer.subscribe(topics, on_assign=self._on_assign)
         else:
             self._consumer.unsubscribe()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._rebalance_since = None
         # Live video starts where the settings say, never at a stale committed offset.
         start = OFFSET_END if self.settings.end else OFFSET_BEGINNING
         for tp in partitions:
@@ -237,6 +244,10 @@ class CameraConsumer:
                     self._commands.get_nowait()()
                 except queue.Empty:
                     break
+            since = self._rebalance_since
+            if self._subscription_dirty and (since is None or time.monotonic() - since > 10):
+                self._subscription_dirty = False
+                self._subscribe()
             try:
                 messages = self._consumer.consume(num_messages=256, timeout=0.05)
             except Exception as exc:  # librdkafka raises KafkaError itself from callbacks
@@ -255,53 +266,58 @@ class CameraConsumer:
                 self._check_lag()
 
     def _route(self, msg: Any) -> None:
-        topic = msg.topic()
-        self._next_fetch[(topic, msg.partition())] = msg.offset() + 1
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        key = (topic, partition)
+        first = key not in self._next_fetch
+        self._next_fetch[key] = offset + 1
         try:
             cam_id = self.schema.cam_id(topic)
         except ValueError:
             return
         decoder = self._decoders.get(cam_id)
-        if decoder is not None:
-            self._worker_of[cam_id].queue.put((decoder, msg))
+        if decoder is None:
+            return
+        if first:  # a backlog at start is skipped before any of it is decoded
+            self._maybe_jump(decoder, topic, partition, max(decoder.last_offset, offset - 1))
+        self._worker_of[cam_id].queue.put((decoder, msg))
 
     def _check_lag(self) -> None:
-        """Jump a camera that fell more than ``max_offset_diff`` behind to near the end."""
-        for (topic, partition), fetched in list(self._next_fetch.items()):
+        """Jump cameras that fell more than their ``max_offset_diff`` behind to near the end."""
+        for topic, partition in list(self._next_fetch):
             try:
                 decoder = self._decoders.get(self.schema.cam_id(topic))
             except ValueError:
                 continue
-            if decoder is None or decoder.last_offset < decoder.skip_below:
-                continue  # gone, or still catching up with the previous jump
-            limit = decoder.max_offset_diff
-            if limit is None:
-                continue
-            tp = TopicPartition(topic, partition)
-            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            if high is None or high < 0 or high - 1 - decoder.last_offset <= limit:
-                continue
-            # Keep one GOP (or half the limit while the GOP is unknown) so that a keyframe is
-            # likely inside the kept window and decoding resumes at once.
-            keep = decoder.gop if 0 < decoder.gop <= limit else max(1, limit // 2)
-            target = high - keep
-            if target <= decoder.last_offset + 1:
-                continue
-            if target > fetched:  # the backlog is still in Kafka: do not read it at all
-                try:
-                    self._consumer.seek(TopicPartition(topic, partition, target))
-                except KafkaException as exc:
-                    log.debug("seek %s[%d] failed: %s", topic, partition, exc)
-                    continue
-                decoder.stats.lag_unread += target - fetched
-                self._next_fetch[(topic, partition)] = target
-            decoder.skip_below = target
-            log.info(
-                "camera %s fell %d behind: jumped to offset %d",
-                decoder.cam_id,
-                high - 1 - decoder.last_offset,
-                target,
-            )
+            if decoder is not None:
+                self._maybe_jump(decoder, topic, partition, decoder.last_offset)
+
+    def _maybe_jump(self, decoder: CameraDecoder, topic: str, partition: int, done: int) -> None:
+        """Seek near the end when the offset decoded last, ``done``, is too far behind."""
+        limit = decoder.max_offset_diff
+        if limit is None or done < decoder.skip_below:
+            return  # never jumps, or still catching up with the previous jump
+        _, high = self._consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), cached=True
+        )
+        if high is None or high < 0 or high - 1 - done <= limit:
+            return
+        # Keep one GOP (or half the limit while the GOP is unknown) so that a keyframe is
+        # likely inside the kept window and decoding resumes at once.
+        keep = decoder.gop if 0 < decoder.gop <= limit else max(1, limit // 2)
+        target = high - keep
+        fetched = self._next_fetch.get((topic, partition), 0)
+        if target > fetched:  # the backlog is still in Kafka: do not read it at all
+            try:
+                self._consumer.seek(TopicPartition(topic, partition, target))
+            except KafkaException as exc:
+                log.debug("seek %s[%d] failed: %s", topic, partition, exc)
+                return
+            decoder.stats.lag_unread += target - fetched
+            self._next_fetch[(topic, partition)] = target
+        decoder.skip_below = target
+        log.info(
+            "camera %s fell %d behind: jumped to offset %d", decoder.cam_id, high - 1 - done, target
+        )
 
     def _message_error(self, msg: Any) -> None:
         err = msg.error()

@@ -15,6 +15,7 @@ from comux import Comux
 from comux.control import REQUEST_ID_HEADER, TARGET_HEADER, sign
 from comux.media import synthetic_packets
 from comux.publish import publish
+from tests.groups import own_group
 
 CLIP = list(synthetic_packets(160, 120, 50, fps=25, gop=10, bframes=0))
 
@@ -103,7 +104,7 @@ def cameras_publishing(kafka_broker) -> Iterator[tuple[list[str], threading.Even
 
 def running(bootstrap: str, cams: list[str], topic: str, **control) -> Comux:
     comux = Comux(cams, "raw.:cam_id", "out.:cam_id", "WARNING")
-    comux.setup_consumers(bootstrap, end=True, max_offset_diff=50)
+    comux.setup_consumers(bootstrap, end=True, max_offset_diff=50, **own_group())
     comux.setup_decoders(rate=None, W=160, H=120, max_wait=0.5)
     control = comux.setup_controller(topic, bootstrap, {}, **control)
     comux.start()
@@ -245,7 +246,7 @@ def test_replayed_request_is_answered_again_but_applied_once(kafka_broker):
     applied = []
     acts = {"count": lambda comux, value: applied.append(value) or len(applied)}
     comux = Comux([], log_level="WARNING")
-    comux.setup_consumers(kafka_broker.bootstrap)
+    comux.setup_consumers(kafka_broker.bootstrap, **own_group())
     assert comux.setup_controller(topic, kafka_broker.bootstrap, acts).ready.wait(30)
     try:
         first = remote.call("count", {"id": "req-1", "n": 1}, request_id="req-1")

@@ -13,6 +13,7 @@ from comux import Comux
 from comux.media import EncodedPacket, synthetic_packets
 from comux.producing import SOURCE_HEADERS
 from comux.publish import publish
+from tests.groups import own_group
 
 
 def unique(prefix: str) -> str:
@@ -63,7 +64,7 @@ def test_publish_consume_decode_batch_send_and_read_back(kafka_broker, small_vid
 
     received: dict[str, dict[int, np.ndarray]] = {cam: {} for cam in cams}
     with Comux(cams, "raw.:cam_id", "out.:cam_id", "WARNING") as cameras:
-        cameras.setup_consumers(bootstrap, end=False, max_offset_diff=None)
+        cameras.setup_consumers(bootstrap, end=False, max_offset_diff=None, **own_group())
         cameras.setup_decoders(rate=None, W=320, H=240)
         cameras.setup_producer(bootstrap)
         cameras.start()
@@ -114,7 +115,7 @@ def test_camera_far_behind_jumps_near_the_end_and_counts_the_skip(kafka_broker):
     first = list(synthetic_packets(160, 120, 100, gop=10, bframes=0))
     publish(lambda: iter(first), cam, bootstrap_servers=bootstrap, rate="max")
     with Comux([cam], log_level="WARNING") as cameras:
-        cameras.setup_consumers(bootstrap, end=False, max_offset_diff=20)
+        cameras.setup_consumers(bootstrap, end=False, max_offset_diff=20, **own_group())
         cameras.setup_decoders(rate=None, W=160, H=120)
         cameras.start()
         entry = cameras.get(cam, timeout=30)
@@ -134,7 +135,7 @@ def test_live_start_at_end_skips_old_video(kafka_broker):
     old = list(synthetic_packets(160, 120, 30, gop=10, bframes=0))
     publish(lambda: iter(old), cam, bootstrap_servers=bootstrap, rate="max")
     with Comux([cam], log_level="WARNING") as cameras:
-        cameras.setup_consumers(bootstrap, end=True)
+        cameras.setup_consumers(bootstrap, end=True, **own_group())
         cameras.setup_decoders(rate=None, W=160, H=120)
         cameras.start()
         # Nothing new was published: an end=True consumer must not serve the old frames.

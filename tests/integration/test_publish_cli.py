@@ -13,6 +13,7 @@ import numpy as np
 
 from comux import Comux
 from comux.media import pattern_frame
+from tests.groups import own_group
 
 
 def write_mp4(path, frames: int = 40) -> list[np.ndarray]:
@@ -56,7 +57,9 @@ def test_publish_mp4_then_consume_and_decode(kafka_broker, tmp_path):
     assert "40 packets" in result.stdout
 
     with Comux([cam], log_level="WARNING") as cameras:
-        cameras.setup_consumers(kafka_broker.bootstrap, end=False, max_offset_diff=None)
+        cameras.setup_consumers(
+            kafka_broker.bootstrap, end=False, max_offset_diff=None, **own_group()
+        )
         cameras.setup_decoders(rate=None, W=320, H=240, policy="fifo")
         cameras.start()
         got = []

@@ -16,9 +16,13 @@ import pytest
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
+from comux import Comux
 from comux.errors import UnknownCameraError
+from comux.media import synthetic_packets
+from comux.publish import publish
 from comux.registry import MongoConnect, RegistryError, sync_cameras
 from tests.fixtures_mongo import FerretDB
+from tests.groups import own_group
 
 pytestmark = pytest.mark.integration
 
@@ -399,9 +403,6 @@ def test_secrets_never_appear(
 def test_comux_from_mongo_follows_the_registry_while_running(
     mongo_server: FerretDB, collection: Collection, kafka_broker
 ) -> None:
-    from comux import Comux
-    from comux.media import synthetic_packets
-    from comux.publish import publish
 
     clip = list(synthetic_packets(160, 120, 12, gop=6, bframes=0))
     cams = [f"reg-{uuid.uuid4().hex[:6]}" for _ in range(3)]
@@ -413,7 +414,9 @@ def test_comux_from_mongo_follows_the_registry_while_running(
     )
     try:
         assert comux.cam_ids == cams[:2]
-        comux.setup_consumers(kafka_broker.bootstrap, end=False, max_offset_diff=None)
+        comux.setup_consumers(
+            kafka_broker.bootstrap, end=False, max_offset_diff=None, **own_group()
+        )
         comux.setup_decoders(rate=None, W=160, H=120)
         comux.start()
         sync = comux.sync(interval=0.1)
