@@ -242,7 +242,6 @@ class BatchPool:
         self._grow(max(1, capacity))
         self._filling = self._buffers[0]
         self._first_frame_at: float | None = None
-        self.frames_written = 0
         self.batches = 0
         self.bytes_copied = 0
 
@@ -353,7 +352,10 @@ class BatchPool:
         with cam.lock:
             if self._cameras.get(cam_id) is not cam:
                 return False
-            if cam.policy == "fifo" and (cam.pending or len(cam.ring)):
+            # Only a camera that had nothing waiting can make a batch ready: wake the sealer
+            # for those, not for every newer frame replacing an older one.
+            fresh = len(cam.ring) == 0
+            if cam.policy == "fifo" and (cam.pending or not fresh):
                 if len(cam.pending) >= 4 * self.fifo_depth:
                     cam.pending.popleft()
                     cam.overflow += 1
@@ -364,11 +366,11 @@ class BatchPool:
                 self._write_locked(cam, frame, index, pts)
         if pause and self.on_backpressure is not None:
             self.on_backpressure(cam_id, True)
-        with self._cond:
-            self.frames_written += 1
-            if self._first_frame_at is None:
-                self._first_frame_at = time.monotonic()
-            self._cond.notify_all()
+        if fresh:
+            with self._cond:
+                if self._first_frame_at is None:
+                    self._first_frame_at = time.monotonic()
+                self._cond.notify_all()
         return True
 
     def _write_locked(self, cam: _Camera, frame: Any, index: int, pts: int | None) -> None:
