@@ -90,7 +90,7 @@ def main() -> None:
     for t in topics:
         producer.produce(t, b"x" * 1000)
     producer.flush(30)
-    results = [measure(args.bootstrap_servers, topics, flag, args.seconds) for flag in (False, True)]
+    results = [measure(args.bootstrap_servers, topics, per, args.seconds) for per in (False, True)]
     print(json.dumps(results, indent=1))
 
 

@@ -187,6 +187,8 @@ class CameraConsumer:
 
     def _subscribe(self) -> None:
         topics = sorted(self.schema.topic(c) for c in list(self._decoders))
+        for key in [k for k in self._next_fetch if k[0] not in topics]:
+            del self._next_fetch[key]  # a camera created again starts afresh
         if topics == self._subscribed:
             return
         self._subscribed = topics

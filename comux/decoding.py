@@ -156,7 +156,7 @@ class CameraDecoder:
             self.stats.empty_packets += 1
             self._fail(msg, "empty packet")
             return
-        key = self._is_keyframe(msg, data)
+        key, pts = self._read_headers(msg, data)
         if key:
             if self._last_key_offset >= 0:
                 self.gop = offset - self._last_key_offset
@@ -168,6 +168,7 @@ class CameraDecoder:
             self._await_keyframe = False
         packet = av.Packet(data)
         packet.opaque = msg
+        packet.pts = pts  # the decoder carries it to the frame, reordered with it
         try:
             frames = self._ctx.decode(packet)
         except av.FFmpegError as exc:
@@ -176,11 +177,21 @@ class CameraDecoder:
         for frame in frames:
             self._frame(frame)
 
-    def _is_keyframe(self, msg: Message, data: bytes) -> bool:
+    def _read_headers(self, msg: Message, data: bytes) -> tuple[bool, int | None]:
+        """Keyframe flag and pts from the headers; the bitstream tells the flag when absent."""
+        key: bool | None = None
+        pts: int | None = None
         for name, value in msg.headers() or ():
             if name == "keyframe":
-                return value in (b"1", b"true", b"True")
-        return is_keyframe(data, self._codec_name)
+                key = value in (b"1", b"true", b"True")
+            elif name == "pts":
+                try:
+                    pts = int(value)
+                except (TypeError, ValueError):
+                    pass
+        if key is None:
+            key = is_keyframe(data, self._codec_name)
+        return key, pts
 
     def _frame(self, frame: av.VideoFrame) -> None:
         msg = cast(Message, frame.opaque)

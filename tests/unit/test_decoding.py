@@ -152,3 +152,15 @@ def test_skip_below_drops_and_counts_then_waits_for_keyframe(small_video):
 def test_bad_decoder_settings_raise_config_error(kw):
     with pytest.raises(ConfigError):
         DecoderConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_frames_carry_the_pts_of_their_own_packet(small_video):
+    seen = []
+    dec = CameraDecoder(
+        "cam",
+        DecoderConfig(rate=None, width=320, height=240),
+        lambda index, frame, msg: seen.append((index, frame.pts)),
+    )
+    for msg in messages(small_video):
+        dec.decode(msg)
+    assert seen and all(pts == small_video[index].pts for index, pts in seen)
