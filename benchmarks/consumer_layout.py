@@ -44,8 +44,11 @@ def cpu() -> float:
 
 
 def measure(bootstrap: str, topics: list[str], per_camera: bool, seconds: float) -> dict:
-    base = {"bootstrap.servers": bootstrap, "auto.offset.reset": "earliest",
-            "fetch.wait.max.ms": 10}
+    base = {
+        "bootstrap.servers": bootstrap,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": 10,
+    }
     before = (threads(), rss_mb(), sockets())
     if per_camera:
         consumers = [Consumer({**base, "group.id": f"layout-{uuid.uuid4().hex}"}) for _ in topics]

@@ -1,0 +1,1 @@
+"""comux benchmarks (pytest-benchmark), see benchmarks/README.md; plain ``pytest`` skips them."""

@@ -1,0 +1,101 @@
+"""Plot frames/s against camera count (640x360) for the end-to-end pipelines.
+
+    python benchmarks/plot.py                 # the long run's results if there are any, else short
+    python benchmarks/plot.py --input benchmarks/results/end_to_end.json --output out.png
+
+Reads the JSON that ``test_end_to_end_bench.py`` writes and saves
+``benchmarks/results/fps_vs_cameras.png``: frames/s (median, min-max bars) and process CPU
+milliseconds per frame, against the number of cameras. Needs matplotlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STYLE = {
+    "comux": {"color": "tab:blue", "marker": "o"},
+    "ceiling": {"color": "tab:green", "marker": "s"},
+    "ceiling_uncached": {"color": "tab:olive", "marker": "^", "linestyle": ":"},
+    "ceiling_kafka": {"color": "tab:purple", "marker": "D", "linestyle": "--"},
+    "naive": {"color": "tab:red", "marker": "x"},
+}
+
+
+def default_input() -> Path:
+    long = RESULTS / "end_to_end-long.json"
+    return long if long.is_file() else RESULTS / "end_to_end.json"
+
+
+def curve(data: dict, resolution: str) -> dict[str, list[tuple[int, dict]]]:
+    """pipeline -> [(cameras, summary)] sorted by camera count, for one output size."""
+    out: dict[str, list[tuple[int, dict]]] = {}
+    for case in data.get("cases", {}).values():
+        if case.get("resolution") != resolution:
+            continue
+        for name, summary in case["pipelines"].items():
+            out.setdefault(name, []).append((case["cameras"], summary))
+    return {k: sorted(v, key=lambda item: item[0]) for k, v in out.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", type=Path, default=None)
+    parser.add_argument("--output", type=Path, default=RESULTS / "fps_vs_cameras.png")
+    parser.add_argument("--resolution", default="640x360")
+    args = parser.parse_args(argv)
+    src = args.input or default_input()
+    if not src.is_file():
+        print(
+            f"no results at {src}: run `pytest benchmarks --benchmark-enable` first",
+            file=sys.stderr,
+        )
+        return 1
+    data = json.loads(src.read_text())
+    points = curve(data, args.resolution)
+    if not points:
+        print(f"{src} has no {args.resolution} end-to-end cases", file=sys.stderr)
+        return 1
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_fps, ax_cpu) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, items in points.items():
+        style = STYLE.get(name, {})
+        cams = [c for c, _ in items]
+        fps = [s["fps_median"] for _, s in items]
+        low = [s["fps_median"] - s["fps_min"] for _, s in items]
+        high = [s["fps_max"] - s["fps_median"] for _, s in items]
+        ax_fps.errorbar(cams, fps, yerr=[low, high], label=name, capsize=3, **style)
+        ax_cpu.plot(cams, [s["cpu_ms_per_frame_median"] for _, s in items], label=name, **style)
+    all_cams = sorted({c for items in points.values() for c, _ in items})
+    for ax in (ax_fps, ax_cpu):
+        ax.set_xlabel("cameras")
+        ax.set_xticks(all_cams)
+        ax.grid(alpha=0.3)
+    ax_fps.set_ylabel("frames/s (wall, median of rounds)")
+    ax_cpu.set_ylabel("process CPU ms per frame (median)")
+    ax_fps.set_ylim(bottom=0)
+    ax_cpu.set_ylim(bottom=0)
+    ax_fps.legend()
+    machine = data.get("machine", {})
+    fig.suptitle(
+        f"comux end to end, {args.resolution}, {data.get('mode', '?')} mode, "
+        f"{machine.get('cpu_count', '?')} CPUs, writer: {machine.get('writer', '?')}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.output, dpi=110)
+    print(f"wrote {args.output} from {src}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
