@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient
 
 from comux import Comux
 from comux.media import synthetic_packets
-from comux.publish import publish
+from comux.publish import publish_forever
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -35,22 +35,7 @@ def test_frame_to_batch_latency(kafka_broker, long_mode, results):
     clip = list(synthetic_packets(width, height, 100, fps=25, gop=25, bframes=0))
     cam_ids = [f"lat-{uuid.uuid4().hex[:6]}-{i}" for i in range(cameras)]
     stop = threading.Event()
-    publishers = [
-        threading.Thread(
-            target=publish,
-            args=(lambda: iter(clip), cam),
-            kwargs={
-                "bootstrap_servers": kafka_broker.bootstrap,
-                "rate": "realtime",
-                "loop": 0,
-                "stop": stop,
-            },
-            daemon=True,
-        )
-        for cam in cam_ids
-    ]
-    for thread in publishers:
-        thread.start()
+    publishers = publish_forever(clip, cam_ids, bootstrap_servers=kafka_broker.bootstrap, stop=stop)
     admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap})
     deadline = time.monotonic() + 30
     while not all(f"raw.{c}" in admin.list_topics(timeout=5).topics for c in cam_ids):

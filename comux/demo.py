@@ -12,7 +12,7 @@ import numpy as np
 
 from .app import Comux
 from .media import synthetic_packets
-from .publish import publish
+from .publish import publish_forever
 
 __all__ = ["run_demo"]
 
@@ -63,23 +63,7 @@ def run_demo(
     cam_ids = [f"demo-cam-{i + 1}" for i in range(cameras)]
     stop = threading.Event()
     clip = list(synthetic_packets(width, height, 100, fps=25, gop=25))
-    publishers = [
-        threading.Thread(
-            target=publish,
-            args=(lambda: iter(clip), cam_id),
-            kwargs={
-                "bootstrap_servers": bootstrap_servers,
-                "rate": "realtime",
-                "loop": 0,
-                "stop": stop,
-            },
-            name=f"publisher-{cam_id}",
-            daemon=True,
-        )
-        for cam_id in cam_ids
-    ]
-    for thread in publishers:
-        thread.start()
+    publishers = publish_forever(clip, cam_ids, bootstrap_servers=bootstrap_servers, stop=stop)
 
     results: dict[str, int] = {}
     interactive = sys.stdout.isatty()

@@ -6,7 +6,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,7 +16,13 @@ from .config import TopicSchema, resolve_bootstrap_servers
 from .errors import BrokerUnavailableError, ConfigError, KafkaError
 from .media import EncodedPacket
 
-__all__ = ["PublishStats", "publish", "DEFAULT_PRODUCER_OPTIONS", "UNKNOWN_PTS_FPS"]
+__all__ = [
+    "PublishStats",
+    "publish",
+    "publish_forever",
+    "DEFAULT_PRODUCER_OPTIONS",
+    "UNKNOWN_PTS_FPS",
+]
 
 # Video messages are few and large: send them almost at once, allow 1080p keyframes
 # (up to a few MB) and do not compress what the codec already compressed.
@@ -234,3 +240,30 @@ def _code(err: Any) -> int | None:
     """librdkafka's error code of a confluent_kafka.KafkaError, if it is one."""
     code = getattr(err, "code", None)
     return code() if callable(code) else None
+
+
+def publish_forever(
+    clip: Sequence[EncodedPacket],
+    cam_ids: Iterable[str],
+    *,
+    bootstrap_servers: str | Iterable[str] | None,
+    stop: threading.Event,
+    rate: Literal["realtime", "max"] = "realtime",
+) -> list[threading.Thread]:
+    """Play ``clip`` in a loop as each of ``cam_ids``, one daemon thread each, until ``stop``.
+
+    What a fleet of camera gateways does; the demo, the examples and the tests use it.
+    """
+    threads = [
+        threading.Thread(
+            target=publish,
+            args=(lambda: iter(clip), cam_id),
+            kwargs={"bootstrap_servers": bootstrap_servers, "rate": rate, "loop": 0, "stop": stop},
+            name=f"publisher-{cam_id}",
+            daemon=True,
+        )
+        for cam_id in cam_ids
+    ]
+    for thread in threads:
+        thread.start()
+    return threads

@@ -14,7 +14,7 @@ import numpy as np
 
 from comux import Comux
 from comux.media import synthetic_packets
-from comux.publish import publish
+from comux.publish import publish_forever
 
 
 def choose_mode_based_on(cam_id):
@@ -36,18 +36,7 @@ consume_schema, produce_schema = "raw.:cam_id", "out.:cam_id"
 consumer_bootstrap_servers = producer_bootstrap_servers = opts.bootstrap_servers.split(",")
 stop = threading.Event()
 clip = list(synthetic_packets(640, 360, 50, gop=25))
-for cam in cam_ids:
-    threading.Thread(
-        target=publish,
-        args=(lambda: iter(clip), cam),
-        kwargs={
-            "bootstrap_servers": opts.bootstrap_servers,
-            "rate": "realtime",
-            "loop": 0,
-            "stop": stop,
-        },
-        daemon=True,
-    ).start()
+publish_forever(clip, cam_ids, bootstrap_servers=opts.bootstrap_servers, stop=stop)
 
 # Write the pid of your process to be used by `terminate.py`
 open("pid", "w").write(str(os.getpid()))

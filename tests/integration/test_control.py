@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, Producer
 from comux import Comux
 from comux.control import REQUEST_ID_HEADER, TARGET_HEADER, sign
 from comux.media import synthetic_packets
-from comux.publish import publish
+from comux.publish import publish_forever
 from tests.groups import own_group
 
 CLIP = list(synthetic_packets(160, 120, 50, fps=25, gop=10, bframes=0))
@@ -80,22 +80,7 @@ def cameras_publishing(kafka_broker) -> Iterator[tuple[list[str], threading.Even
     """Three cameras publishing in real time (25 fps) until the test ends."""
     cams = [unique("ctl-cam") for _ in range(3)]
     stop = threading.Event()
-    threads = [
-        threading.Thread(
-            target=publish,
-            args=(lambda: iter(CLIP), cam),
-            kwargs={
-                "bootstrap_servers": kafka_broker.bootstrap,
-                "rate": "realtime",
-                "loop": 0,
-                "stop": stop,
-            },
-            daemon=True,
-        )
-        for cam in cams
-    ]
-    for t in threads:
-        t.start()
+    threads = publish_forever(CLIP, cams, bootstrap_servers=kafka_broker.bootstrap, stop=stop)
     yield cams, stop
     stop.set()
     for t in threads:
