@@ -34,6 +34,9 @@ opts = args.parse_args()
 cam_ids = [f"{opts.prefix}-cam-1", f"{opts.prefix}-cam-2"]
 consume_schema, produce_schema = "raw.:cam_id", "out.:cam_id"
 consumer_bootstrap_servers = producer_bootstrap_servers = opts.bootstrap_servers.split(",")
+control_bootstrap_servers = consumer_bootstrap_servers
+config_topic = f"{opts.prefix}.control"
+acts = {"ping": lambda comux, value: "pong"}
 stop = threading.Event()
 clip = list(synthetic_packets(640, 360, 50, gop=25))
 publish_forever(clip, cam_ids, bootstrap_servers=opts.bootstrap_servers, stop=stop)
@@ -52,7 +55,8 @@ cameras.setup_consumers(
     over_write=False,
     **{},
 )
-# (setup_controller arrives with the control topic)
+# Make controller connect (wait for it)
+cameras.setup_controller(config_topic, control_bootstrap_servers, acts)
 # construct a decoder for each camera
 cameras.setup_decoders(rate=10, W=1920, H=1080, de_codec="h264", pix_fmt="yuv420p")
 # Make producer connect (wait for it)
