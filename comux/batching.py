@@ -20,7 +20,7 @@ from typing import Any, Literal
 import av
 import numpy as np
 
-from ._ext.ring import SpscRing
+from ._ext.ring import FLAG_CORRUPT, SpscRing
 from .errors import BatchReleasedError, ComuxTimeoutError, ConfigError, UnknownCameraError
 
 __all__ = [
@@ -383,7 +383,7 @@ class BatchPool:
                 np.copyto(slot, frame)
             cam.last_written = buf.id
         cam.started = True
-        flags = 0 if frame is not None else 2
+        flags = 0 if frame is not None else FLAG_CORRUPT
         record = (index, -1 if pts is None else pts, time.time(), buf.id, flags)
         if not cam.ring.push(*record):
             # Only one buffer's records are ever in a ring: the older ones are superseded.
@@ -488,7 +488,7 @@ class BatchPool:
             buf.indices[i] = index
             buf.pts[i] = pts
             buf.timestamps[i] = stamp
-            if flags & 2:
+            if flags & FLAG_CORRUPT:
                 continue  # decode failure: index kept, no frame
             if self.max_staleness is not None and now - stamp > self.max_staleness:
                 cam.stale += 1
@@ -521,7 +521,7 @@ class BatchPool:
                 return None
             (index, _pts, _stamp, _buf, flags), dropped = latest
             cam.replaced += dropped
-            if flags & 2:
+            if flags & FLAG_CORRUPT:
                 return cam_id, index, None
             frame = self._filling.frames[cam.slot].copy()
             cam.last_written = -1
