@@ -334,7 +334,8 @@ class Comux:
 
             def deliver(index: int, frame: av.VideoFrame | None, msg: Message) -> None:
                 cache.put(index, msg)
-                pool.write(cam_id, frame, index, None if frame is None else frame.pts)
+                if not pool.write(cam_id, frame, index, None if frame is None else frame.pts):
+                    decoder.stats.not_batched += 1  # paused or deleted while it decoded
 
             decoder = CameraDecoder(cam_id, self._decoder_config, deliver)
             self._decoders[cam_id] = decoder

@@ -83,6 +83,7 @@ class CameraStats:
     lag_dropped: int = 0
     lag_unread: int = 0
     rate_limited: int = 0
+    not_batched: int = 0
     last_error: str | None = None
     started: float = field(default_factory=time.monotonic)
 

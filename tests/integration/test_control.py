@@ -279,3 +279,29 @@ def test_restarted_controller_does_not_apply_old_actions_again(kafka_broker):
     finally:
         second.close()
         remote.close()
+
+
+def test_pause_update_and_resume_a_running_camera(kafka_broker, cameras_publishing):
+    (a, b, _), _ = cameras_publishing
+    topic = unique("control")
+    remote = Remote(kafka_broker.bootstrap, topic)
+    comux = running(kafka_broker.bootstrap, [a, b], topic)
+    try:
+        _, batches = frames_per_camera(comux, 1.5)
+        assert any(b in cams for _, cams in batches)
+        assert remote.call("pause", {"cam_ids": [b]})["result"] == {"paused": [b]}
+        _, batches = frames_per_camera(comux, 1.5)
+        assert all(b not in cams for _, cams in batches) and any(a in cams for _, cams in batches)
+        reply = remote.call("update", {"cam_ids": [a], "rate": 5, "max_offset_diff": 30})
+        assert reply["status"] == "ok", reply
+        assert comux._decoders[a].config.rate == 5 and comux._decoders[a].max_offset_diff == 30
+        bad = remote.call("update", {"cam_ids": [a], "colour": "red"})
+        assert bad["status"] == "error" and "colour" in bad["error"]
+        assert remote.call("resume", {"cam_ids": [b]})["result"] == {"resumed": [b]}
+        _, batches = frames_per_camera(comux, 3.0)
+        assert any(b in cams for _, cams in batches)
+        listed = remote.call("list", {})["result"]
+        assert listed["cam_ids"] == [a, b] and set(listed["stats"]) == {a, b}
+    finally:
+        comux.close()
+        remote.close()
