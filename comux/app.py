@@ -235,6 +235,8 @@ class Comux:
         """
         if self._pool is not None:
             raise StateError("setup_decoders() was already called")
+        if policy not in ("latest", "fifo"):
+            raise ConfigError(f"policy must be 'latest' or 'fifo', got {policy!r}")
         config = DecoderConfig(rate=rate, width=W, height=H, codec=de_codec, pix_fmt=pix_fmt)
         self._decoder_config = config
         self._policy = policy

@@ -76,3 +76,11 @@ def test_secrets_stay_out_of_reprs_and_errors():
         )
     assert "s3cr3t-sentinel" not in str(info.value)
     assert "s3cr3t-sentinel" not in repr(cameras)
+
+
+def test_bad_decoder_settings_are_refused_at_setup():
+    cameras = Comux(["a"])
+    with pytest.raises(ConfigError, match="policy"):
+        cameras.setup_decoders(W=64, H=64, policy="newest")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="width"):
+        cameras.setup_decoders(W=63, H=64)
