@@ -379,8 +379,8 @@ class Control:
         value = msg.value() or b""
         request_id = headers.get(REQUEST_ID_HEADER, b"").decode(errors="replace") or None
 
-        def refuse(reason: str, counter: str = "rejected") -> None:
-            self.counters[counter] += 1
+        def refuse(reason: str) -> None:
+            self.counters["rejected"] += 1
             log.warning("control: refused %r: %s", action[:64], reason)
             self._reply(action, request_id, {"status": "error", "error": reason})
 
@@ -400,26 +400,25 @@ class Control:
             request_id = str(payload["id"])
         if self.filter is not None and not self.filter(action, payload, headers):
             self.counters["ignored"] += 1
-            return None
+            return
         if request_id is not None and request_id in self._replies:
             self.counters["duplicates"] += 1
             self._reply(action, request_id, {**self._replies[request_id], "duplicate": True})
-            return None
-        if action not in self.acts:
-            reply = {"status": "error", "error": self.act(action, payload)}
-            self.counters["errors"] += 1
-        else:
-            try:
-                result = self.act(action, payload)
+            return
+        try:
+            result = self.act(action, payload)
+            if action in self.acts:
                 reply = {"status": "ok", "result": result}
                 self.counters["applied"] += 1
-            except Exception as exc:
+            else:  # the seed's text for an unknown action
+                reply = {"status": "error", "error": result}
                 self.counters["errors"] += 1
-                reply = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+        except Exception as exc:
+            self.counters["errors"] += 1
+            reply = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
         if request_id is not None:
             self._remember(request_id, reply)
         self._reply(action, request_id, reply)
-        return None
 
     def _check_signature(
         self,
