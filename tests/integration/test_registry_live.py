@@ -8,7 +8,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -17,10 +17,10 @@ from pymongo import MongoClient
 from pymongo.collection import Collection
 
 from comux import Comux
-from comux.errors import UnknownCameraError
 from comux.media import synthetic_packets
 from comux.publish import publish
 from comux.registry import MongoConnect, RegistryError, sync_cameras
+from tests.fakes import CameraTarget
 from tests.fixtures_mongo import FerretDB
 from tests.groups import own_group
 
@@ -115,55 +115,26 @@ def test_missing_collection_has_no_ids(mongo_server: FerretDB) -> None:
 # -- keeping a stand-in Comux in step -----------------------------------------------------------
 
 
-class StandIn:
-    """Has the part of Comux that sync_cameras uses, and records every call."""
-
-    def __init__(self, cam_ids: list[str]) -> None:
-        self.cam_ids = list(cam_ids)
-        self.calls: list[tuple[str, str]] = []
-        self.cond = threading.Condition()
-
-    def connect(self, cam_id: str) -> None:
-        with self.cond:
-            self.calls.append(("connect", cam_id))
-            if cam_id not in self.cam_ids:
-                self.cam_ids.append(cam_id)
-            self.cond.notify_all()
-
-    def kill(self, cam_id: str) -> None:
-        with self.cond:
-            self.calls.append(("kill", cam_id))
-            if cam_id not in self.cam_ids:
-                raise UnknownCameraError(cam_id)
-            self.cam_ids.remove(cam_id)
-            self.cond.notify_all()
-
-    def wait_until(self, predicate: Callable[[StandIn], bool], what: str) -> None:
-        with self.cond:
-            ok = self.cond.wait_for(lambda: predicate(self), DEADLINE)
-        assert ok, f"{what} not seen within {DEADLINE}s: ids {self.cam_ids}, calls {self.calls}"
-
-
 def test_sync_cameras_follows_the_documents(mongo_server: FerretDB, collection: Collection) -> None:
     collection.insert_many([{"cam_id": "a"}, {"cam_id": "b"}])
-    comux = StandIn(["b", "stale"])
+    comux = CameraTarget(["b", "stale"])
     registry = registry_for(mongo_server, collection, timeout=2.0)
     stop = threading.Event()
     thread = sync_cameras(comux, registry, 0.05, stop=stop)  # type: ignore[arg-type]
     try:
-        comux.wait_until(lambda c: set(c.cam_ids) == {"a", "b"}, "first sync")
+        comux.wait_ids({"a", "b"})
         assert ("kill", "stale") in comux.calls
         assert ("connect", "b") not in comux.calls  # already there: left alone
 
         collection.insert_many([{"cam_id": "c"}, {"cam_id": "d"}])
-        comux.wait_until(lambda c: set(c.cam_ids) == {"a", "b", "c", "d"}, "adding c and d")
+        comux.wait_ids({"a", "b", "c", "d"})
 
         collection.delete_one({"cam_id": "a"})
-        comux.wait_until(lambda c: set(c.cam_ids) == {"b", "c", "d"}, "removing a")
+        comux.wait_ids({"b", "c", "d"})
         assert comux.calls.count(("kill", "a")) == 1
 
         collection.update_one({"cam_id": "d"}, {"$set": {"cam_id": "e"}})
-        comux.wait_until(lambda c: set(c.cam_ids) == {"b", "c", "e"}, "renaming d to e")
+        comux.wait_ids({"b", "c", "e"})
 
         # invalid documents change nothing: two full rounds after the insert leave ids as they are
         collection.insert_many([{"cam_id": ""}, {"cam_id": 5}, {"other": "x"}])
@@ -173,7 +144,7 @@ def test_sync_cameras_follows_the_documents(mongo_server: FerretDB, collection: 
         assert registry.skipped == 3
 
         collection.delete_many({})
-        comux.wait_until(lambda c: c.cam_ids == [], "removing every camera")
+        comux.wait_ids(set())
         assert thread.errors == 0, thread.last_error
         assert thread.added == 4 and thread.removed == 6  # stale, a, d, then b, c, e
     finally:
@@ -190,7 +161,7 @@ def test_sync_cameras_keeps_going_through_a_failing_registry(
     """A query the server rejects fails every round; the thread counts it and goes on."""
     collection.insert_one({"cam_id": "a"})
     registry = registry_for(mongo_server, collection, query={"$bogus": 1}, timeout=2.0)
-    comux = StandIn(["x"])
+    comux = CameraTarget(["x"])
     stop = threading.Event()
     thread = sync_cameras(comux, registry, 0.02, stop=stop)  # type: ignore[arg-type]
     try:
@@ -201,7 +172,7 @@ def test_sync_cameras_keeps_going_through_a_failing_registry(
         assert "cannot read camera ids" in (thread.last_error or "")
 
         registry.query = {}  # the registry heals: the next rounds sync
-        comux.wait_until(lambda c: c.cam_ids == ["a"], "sync after the registry healed")
+        comux.wait_ids({"a"})
     finally:
         stop.set()
         thread.join(DEADLINE)
@@ -375,7 +346,7 @@ def test_secrets_never_appear(
         timeout=1.0,
     )
     stop = threading.Event()
-    thread = sync_cameras(StandIn(["x"]), failing, 0.01, stop=stop)  # type: ignore[arg-type]
+    thread = sync_cameras(CameraTarget(["x"]), failing, 0.01, stop=stop)  # type: ignore[arg-type]
     try:
         assert thread.wait_rounds(3, DEADLINE)
         assert thread.errors >= 3 and "authentication failed" in (thread.last_error or "")

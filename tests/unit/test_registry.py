@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from comux.errors import ComuxError, ConfigError, UnknownCameraError
+from comux.errors import ComuxError, ConfigError
 from comux.registry import MongoConnect, RegistryError, redact_uri, sync_cameras, uri_hosts
+from tests.fakes import CameraTarget
 
 SENTINEL = "S3NTINEL" + secrets.token_hex(8)
 
@@ -294,42 +295,10 @@ class FakeRegistry:
         return list(self.ids)
 
 
-class StandIn:
-    """Records the calls a Comux would get; ``fail_connect`` ids raise once."""
-
-    def __init__(self, cam_ids: list[str]) -> None:
-        self.cam_ids = list(cam_ids)
-        self.calls: list[tuple[str, str]] = []
-        self.fail_connect: set[str] = set()
-        self.cond = threading.Condition()
-
-    def connect(self, cam_id: str) -> None:
-        with self.cond:
-            self.calls.append(("connect", cam_id))
-            if cam_id in self.fail_connect:
-                self.fail_connect.discard(cam_id)
-                raise RuntimeError(f"boom {SENTINEL}")  # not a ComuxError: text not logged
-            self.cam_ids.append(cam_id)
-            self.cond.notify_all()
-
-    def kill(self, cam_id: str) -> None:
-        with self.cond:
-            self.calls.append(("kill", cam_id))
-            if cam_id not in self.cam_ids:
-                raise UnknownCameraError(cam_id)
-            self.cam_ids.remove(cam_id)
-            self.cond.notify_all()
-
-    def wait_ids(self, expected: set[str], timeout: float = 10.0) -> None:
-        with self.cond:
-            ok = self.cond.wait_for(lambda: set(self.cam_ids) == expected, timeout)
-        assert ok, (self.cam_ids, expected)
-
-
 def test_sync_adds_removes_and_survives_errors(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     registry = FakeRegistry(["a", "b"])
-    comux = StandIn(["b", "old"])
+    comux = CameraTarget(["b", "old"], fail_text=f"boom {SENTINEL}")
     comux.fail_connect.add("a")
     stop = threading.Event()
     thread = sync_cameras(comux, registry, 0.01, stop=stop)  # type: ignore[arg-type]
@@ -361,16 +330,16 @@ def test_sync_adds_removes_and_survives_errors(caplog: pytest.LogCaptureFixture)
 def test_sync_cameras_checks_arguments() -> None:
     stop = threading.Event()
     with pytest.raises(ConfigError):
-        sync_cameras(StandIn([]), FakeRegistry([]), 0, stop=stop)  # type: ignore[arg-type]
+        sync_cameras(CameraTarget([]), FakeRegistry([]), 0, stop=stop)  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
-        sync_cameras(StandIn([]), object(), 1, stop=stop)  # type: ignore[arg-type]
+        sync_cameras(CameraTarget([]), object(), 1, stop=stop)  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
-        sync_cameras(StandIn([]), FakeRegistry([]), 1, stop=None)  # type: ignore[arg-type]
+        sync_cameras(CameraTarget([]), FakeRegistry([]), 1, stop=None)  # type: ignore[arg-type]
 
 
 def test_sync_stops_promptly_with_a_long_interval() -> None:
     stop = threading.Event()
-    thread = sync_cameras(StandIn([]), FakeRegistry(["x"]), 3600, stop=stop)  # type: ignore[arg-type]
+    thread = sync_cameras(CameraTarget([]), FakeRegistry(["x"]), 3600, stop=stop)  # type: ignore[arg-type]
     assert thread.wait_rounds(1, 10.0)
     stop.set()
     thread.join(5.0)
