@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from benchmarks._common import Sample, paired_ratio, rate_of, run_rounds, summarize
 from comux._ext.ring import SpscRing, bench_push_pop
@@ -38,38 +39,13 @@ def _py_spscring(n: int) -> Callable[[], None]:
     return run
 
 
-def _py_queue(n: int) -> Callable[[], None]:
-    q: queue.Queue[int] = queue.Queue()
+def _put_get(put: Callable[[int], Any], get: Callable[[], Any], n: int) -> Callable[[], None]:
+    """One put then one get, n times, on one thread: the cost of the queue itself."""
 
     def run() -> None:
-        put, get = q.put, q.get
         for i in range(n):
             put(i)
             get()
-
-    return run
-
-
-def _py_simplequeue(n: int) -> Callable[[], None]:
-    q: queue.SimpleQueue[int] = queue.SimpleQueue()
-
-    def run() -> None:
-        put, get = q.put, q.get
-        for i in range(n):
-            put(i)
-            get()
-
-    return run
-
-
-def _py_deque(n: int) -> Callable[[], None]:
-    d: collections.deque[int] = collections.deque()
-
-    def run() -> None:
-        append, popleft = d.append, d.popleft
-        for i in range(n):
-            append(i)
-            popleft()
 
     return run
 
@@ -114,12 +90,15 @@ def test_ring_push_pop(benchmark, long_mode: bool, results) -> None:
     n_thr = 200_000 if long_mode else 20_000
     n_c = 50_000_000 if long_mode else 5_000_000
     rounds = 7 if long_mode else 3
+    q: queue.Queue[int] = queue.Queue()
+    sq: queue.SimpleQueue[int] = queue.SimpleQueue()
+    d: collections.deque[int] = collections.deque()
 
     variants: dict[str, Callable[[], Sample]] = {
         "spscring_py": functools.partial(_timed, _py_spscring(n_py), n_py),
-        "queue_Queue": functools.partial(_timed, _py_queue(n_py), n_py),
-        "queue_SimpleQueue": functools.partial(_timed, _py_simplequeue(n_py), n_py),
-        "deque": functools.partial(_timed, _py_deque(n_py), n_py),
+        "queue_Queue": functools.partial(_timed, _put_get(q.put, q.get, n_py), n_py),
+        "queue_SimpleQueue": functools.partial(_timed, _put_get(sq.put, sq.get, n_py), n_py),
+        "deque": functools.partial(_timed, _put_get(d.append, d.popleft, n_py), n_py),
         "queue_Queue_threaded": functools.partial(_timed, _queue_threaded(n_thr), n_thr),
         "spscring_nogil_threaded": _nogil(n_c, True),
         "spscring_nogil_single": _nogil(n_c, False),
