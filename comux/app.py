@@ -8,13 +8,12 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, overload
 
-import av
-
-from .batching import Allocator, Batch, BatchPool, Entry, Policy, frame_writer
+from .batching import POLICIES, Allocator, Batch, BatchPool, Entry, Policy, frame_writer
+from .camera import Camera
 from .config import TopicSchema, resolve_bootstrap_servers
 from .consuming import CameraConsumer, ConsumerSettings, DecodeWorker
 from .control import Act, Control
-from .decoding import CameraDecoder, DecoderConfig, Message, PacketCache, PixFmt
+from .decoding import DecoderConfig, PixFmt
 from .errors import ConfigError, StateError, UnknownCameraError, UnknownIndexError
 from .logs import configure_logging
 from .producing import HeaderValue, ResultProducer
@@ -73,10 +72,10 @@ class Comux:
         self._consumer: CameraConsumer | None = None
         self._producer: ResultProducer | None = None
         self._decoder_config: DecoderConfig | None = None
-        self._decoders: dict[str, CameraDecoder] = {}
-        self._packets: dict[str, PacketCache] = {}
+        self._cameras: dict[str, Camera] = {}
         self._pool: BatchPool | None = None
-        self._policy: Policy = "latest"
+        self._policy: Policy | None = None
+        self._fifo_depth = 32
         self._paused: set[str] = set()
         self.control: Control | None = None
         self.registry: MongoConnect | None = None
@@ -176,7 +175,9 @@ class Comux:
                 if not replace:
                     return
                 self._consumer.close()
-                self._decoders.clear()
+                for camera in self._cameras.values():
+                    camera.close()
+                self._cameras.clear()
             settings = ConsumerSettings(
                 resolve_bootstrap_servers(bootstrap_servers),
                 end=end,
@@ -207,13 +208,14 @@ class Comux:
         de_codec: str = "h264",
         pix_fmt: PixFmt = "rgb24",
         *,
-        policy: Policy = "latest",
+        policy: Policy | None = None,
         max_wait: float | None = None,
         max_staleness: float | None = None,
+        stall_timeout: float | None = None,
         repeat_last: bool = False,
         buffers: int = 3,
         allocator: Allocator | None = None,
-        fifo_depth: int = 8,
+        fifo_depth: int = 32,
     ) -> None:
         """Choose the output frames and how they are batched.
 
@@ -224,10 +226,14 @@ class Comux:
         :param pix_fmt: ``"rgb24"``, ``"bgr24"``, ``"yuv420p"`` (I420 in an (H*3/2, W) array)
             or ``"gray"``.
         :param policy: ``"latest"`` keeps each camera's newest frame (older ones are counted as
-            replaced); ``"fifo"`` hands out every frame in order, queueing up to ``fifo_depth``
-            per camera and pausing the camera's partition while its queue is full.
+            replaced); ``"fifo"`` hands out every frame once, in order, each in its own batch.
+            Default: ``"fifo"`` when consuming from the earliest offset (``end=False``: the
+            backlog was asked for), ``"latest"`` when starting at the end.
         :param max_wait: release a batch this long after its first frame even when some cameras
             have no frame yet (their slots are marked invalid).
+        :param stall_timeout: a camera with no new frame for this long stops holding batches
+            back until its next frame (default: three of its frame intervals, 0.05 to 1 s).
+        :param fifo_depth: packets queued per camera before its partition is paused.
         :param max_staleness: leave a slot empty when its frame is older than this (counted).
         :param repeat_last: fill an empty slot with the camera's previous frame instead.
         :param buffers: preallocated batch buffers; each Batch held by the caller keeps one.
@@ -235,12 +241,12 @@ class Comux:
         """
         if self._pool is not None:
             raise StateError("setup_decoders() was already called")
-        if policy not in ("latest", "fifo"):
+        if policy is not None and policy not in POLICIES:
             raise ConfigError(f"policy must be 'latest' or 'fifo', got {policy!r}")
+        if not isinstance(fifo_depth, int) or fifo_depth < 1:
+            raise ConfigError(f"fifo_depth must be an int >= 1, got {fifo_depth!r}")
         config = DecoderConfig(rate=rate, width=W, height=H, codec=de_codec, pix_fmt=pix_fmt)
-        self._decoder_config = config
-        self._policy = policy
-        self._pool = BatchPool(
+        pool = BatchPool(
             config.shape,
             buffers=buffers,
             capacity=max(1, len(self.cam_ids)),
@@ -249,13 +255,18 @@ class Comux:
             repeat_last=repeat_last,
             allocator=allocator,
             writer=frame_writer(pix_fmt),
-            fifo_depth=fifo_depth,
-            on_backpressure=self._backpressure,
+            stall_timeout=stall_timeout,
         )
+        self._decoder_config = config
+        self._policy = policy
+        self._fifo_depth = fifo_depth
+        self._pool = pool
 
-    def _backpressure(self, cam_id: str, pause: bool) -> None:
-        if self._consumer is not None:
-            self._consumer.pause(cam_id, pause)
+    def _default_policy(self) -> Policy:
+        if self._policy is not None:
+            return self._policy
+        end = self._consumer.settings.end if self._consumer is not None else True
+        return "latest" if end else "fifo"
 
     def setup_producer(
         self,
@@ -307,7 +318,7 @@ class Comux:
     def consumers(self) -> Mapping[str, CameraConsumer]:
         """The consumer serving each connected camera (one shared consumer per process)."""
         consumer = self._consumer
-        return {c: consumer for c in self._decoders} if consumer else {}
+        return {c: consumer for c in self._cameras} if consumer else {}
 
     @property
     def threads(self) -> Mapping[str, DecodeWorker]:
@@ -322,7 +333,7 @@ class Comux:
         self._check_cam_id(cam_id)
         with self._lock:
             consumer = self._require_consumer()
-            if cam_id in self._decoders:
+            if cam_id in self._cameras:
                 if not overwrite:
                     return
                 self._disconnect(cam_id)
@@ -330,19 +341,17 @@ class Comux:
                 self.cam_ids.append(cam_id)
             if self._pool is None:
                 self.setup_decoders()
-            pool = self._pool
-            assert pool is not None and self._decoder_config is not None
-            cache = self._packets.setdefault(cam_id, PacketCache())
-
-            def deliver(index: int, frame: av.VideoFrame | None, msg: Message) -> None:
-                cache.put(index, msg)
-                if not pool.write(cam_id, frame, index, None if frame is None else frame.pts):
-                    decoder.stats.not_batched += 1  # paused or deleted while it decoded
-
-            decoder = CameraDecoder(cam_id, self._decoder_config, deliver)
-            self._decoders[cam_id] = decoder
-            pool.add(cam_id, self._policy)
-            consumer.add(decoder)
+            assert self._pool is not None and self._decoder_config is not None
+            camera = Camera(
+                cam_id,
+                self.consume_schema.topic(cam_id),
+                self._decoder_config,
+                self._pool,
+                policy=self._default_policy(),
+                depth=self._fifo_depth,
+            )
+            self._cameras[cam_id] = camera
+            consumer.add(camera)
 
     def connect_all(self) -> None:
         for cam_id in list(self.cam_ids):
@@ -369,7 +378,6 @@ class Comux:
             self._known(cam_id)
             self._disconnect(cam_id)
             self.cam_ids.remove(cam_id)
-            self._packets.pop(cam_id, None)
 
     def add_cameras(self, cam_ids: Iterable[str]) -> dict[str, list[str]]:
         """Add cameras while running; they join the next batch once their first frame is decoded."""
@@ -377,7 +385,7 @@ class Comux:
         with self._lock:
             for cam_id in cam_ids:
                 self._check_cam_id(cam_id)
-                if cam_id in self._decoders or (not self._started and cam_id in self.cam_ids):
+                if cam_id in self._cameras or (not self._started and cam_id in self.cam_ids):
                     existing.append(cam_id)
                     continue
                 if self._started:
@@ -397,49 +405,55 @@ class Comux:
     ) -> None:
         """Change one running camera's settings; arguments left out stay as they are."""
         self._known(cam_id)
-        decoder = self._decoders.get(cam_id)
-        if decoder is None:
+        camera = self._cameras.get(cam_id)
+        if camera is None:
             raise StateError(f"camera {cam_id!r} is not connected: call start() first")
+        if (
+            max_offset_diff is not ...
+            and max_offset_diff is not None
+            and (not isinstance(max_offset_diff, int) or max_offset_diff < 1)
+        ):
+            raise ConfigError(f"max_offset_diff must be >= 1 or None, got {max_offset_diff!r}")
+        if policy is not ... and policy not in POLICIES:
+            raise ConfigError(f"policy must be 'latest' or 'fifo', got {policy!r}")
         if rate is not ...:
-            decoder.set_rate(rate)  # type: ignore[arg-type]
+            camera.decoder.set_rate(rate)  # type: ignore[arg-type]
         if max_offset_diff is not ...:
-            if max_offset_diff is not None and (
-                not isinstance(max_offset_diff, int) or max_offset_diff < 1
-            ):
-                raise ConfigError(f"max_offset_diff must be >= 1 or None, got {max_offset_diff!r}")
-            decoder.max_offset_diff = max_offset_diff  # type: ignore[assignment]
-        if policy is not ... and self._pool is not None:
-            self._pool.add(cam_id, policy)  # type: ignore[arg-type]
+            camera.decoder.max_offset_diff = max_offset_diff  # type: ignore[assignment]
+        if policy is not ...:
+            camera.set_policy(policy)  # type: ignore[arg-type]
 
     def pause(self, cam_id: str) -> None:
         """Stop fetching ``cam_id``; its slot leaves the batches until :meth:`resume`."""
         with self._lock:
             self._known(cam_id)
             consumer = self._require_consumer()
-            if cam_id in self._paused:
+            camera = self._cameras.get(cam_id)
+            if cam_id in self._paused or camera is None:
                 return
             self._paused.add(cam_id)
             consumer.pause(cam_id, True)
-            if self._pool is not None:
-                self._pool.remove(cam_id)
+            camera.leave_batches()
 
     def resume(self, cam_id: str) -> None:
         with self._lock:
             self._known(cam_id)
             consumer = self._require_consumer()
-            if cam_id not in self._paused:
+            camera = self._cameras.get(cam_id)
+            if cam_id not in self._paused or camera is None:
                 return
             self._paused.discard(cam_id)
-            if self._pool is not None:
-                self._pool.add(cam_id, self._policy)
+            camera.join_batches()  # with the policy it had: update() may have changed it
             consumer.pause(cam_id, False)
 
     def _disconnect(self, cam_id: str) -> None:
         self._paused.discard(cam_id)
-        if self._decoders.pop(cam_id, None) is not None and self._consumer is not None:
+        camera = self._cameras.pop(cam_id, None)
+        if camera is None:
+            return
+        if self._consumer is not None:
             self._consumer.remove(cam_id)
-        if self._pool is not None:
-            self._pool.remove(cam_id)
+        camera.close()
 
     def _require_consumer(self) -> CameraConsumer:
         if self._consumer is None:
@@ -478,6 +492,8 @@ class Comux:
         """
         if self._pool is None:
             raise StateError("call setup_decoders() and start() first")
+        if self._closed:
+            raise StateError("this Comux is closed")
         batch = self._pool.seal(timeout)
         if batch is None or stacked:
             return batch
@@ -491,31 +507,29 @@ class Comux:
         self._known(cam_id)
         if self._producer is None:
             raise StateError("call setup_producer() first")
-        cache = self._packets.get(cam_id)
-        msg = cache.get(index) if cache is not None else None
+        camera = self._cameras.get(cam_id)
+        msg = camera.cache.get(index) if camera is not None else None
         if msg is None:
             raise UnknownIndexError(cam_id, index)
         self._producer.send(self.produce_schema.topic(cam_id), msg, headers, key=msg.key())
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Counters per camera: packets, frames delivered, errors and every kind of skip."""
-        out = {}
-        for cam_id, decoder in list(self._decoders.items()):
-            counters = decoder.stats.as_dict()
-            if self._pool is not None and cam_id in self._pool:
-                counters.update(self._pool.counters(cam_id))
-            out[cam_id] = counters
-        return out
+        return {cam_id: dict(camera.stats()) for cam_id, camera in list(self._cameras.items())}
 
     # -- lifetime ----------------------------------------------------------------------------
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop every thread (bounded by ``timeout``), flush results and close the clients."""
-        with self._lock:
+        # Never wait on another thread's setup for long: closing must work from any thread.
+        locked = self._lock.acquire(timeout=min(1.0, timeout / 10))
+        try:
             if self._closed:
                 return
             self._closed = True
             self._sync_stop.set()
+            if self._pool is not None:
+                self._pool.close()
             if self.registry is not None:
                 self.registry.close()
             if self.control is not None:
@@ -523,7 +537,10 @@ class Comux:
             if self._consumer is not None:
                 self._consumer.close(timeout / 2)
             if self._producer is not None:
-                self._producer.close(timeout / 2)
+                self._producer.close(timeout / 4)
+        finally:
+            if locked:
+                self._lock.release()
 
     def __enter__(self) -> Comux:
         return self

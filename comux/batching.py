@@ -1,46 +1,60 @@
-"""Where a decoded frame lands: straight into its camera's slot of a preallocated batch buffer.
+"""Where a decoded frame lands: straight into its camera's row of a preallocated batch buffer.
 
-A pool holds K buffers of shape (capacity, H, W, C). One of them is *filling*: each camera's
-decoder thread converts its newest frame directly into its slot there and pushes the frame's
-record (Kafka offset, pts, time) into the camera's lock-free ring. ``seal`` switches the
-filling buffer, drains every ring and hands the old buffer out as a :class:`Batch`, which
-owns it until released. A camera's lock is held only while its decoder writes and while a
-seal switches buffers, so a buffer is never written once it belongs to a Batch.
+A pool holds K buffers of shape (capacity, H, W, C). The buffers not held by the caller are
+*open*, each numbered with the sequence number of the batch it will become; the lowest is the
+*filling* one, sealed next. Each camera owns one row (its slot) in every buffer, so its rows
+across the open buffers form a ring: the camera's decoder thread produces into it and the
+sealer consumes from it. A ``"latest"`` camera writes its newest frame into its row of the
+filling buffer, replacing an older one; a ``"fifo"`` camera writes each frame into its row of
+the next open buffer, so queued frames are converted by the decoders, never by the sealer.
+
+The hand-off takes no lock. A writer announces the buffer it is about to write
+(``rows.writing``) and then checks that the buffer is still open under the same number; the
+sealer closes a buffer first and then waits for any writer that announced it. Under the GIL
+both orders are seen by both sides, so a buffer is never written once it belongs to a Batch.
+Adding, removing or moving a camera freezes only the rows it touches, for one row copy.
+Decoders take the sealer's condition only to wake it, once per camera per batch.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import av
 import numpy as np
 
-from ._ext.ring import FLAG_CORRUPT, SpscRing
 from .errors import BatchReleasedError, ComuxTimeoutError, ConfigError, UnknownCameraError
 
 __all__ = [
     "Batch",
     "BatchPool",
+    "CameraRows",
     "Allocator",
     "FrameWriter",
     "Policy",
     "Entry",
+    "Publish",
     "frame_writer",
     "pyav_writer",
 ]
 
+log = logging.getLogger("comux.batching")
+
 Entry = tuple[str, int, "np.ndarray | None"]
 Policy = Literal["latest", "fifo"]
+Publish = Literal["written", "full", "gone"]
+"""What became of a frame handed to :meth:`BatchPool.publish`."""
 Allocator = Callable[[tuple[int, ...]], Any]
 FrameWriter = Callable[[Any, np.ndarray], None]
 """Write a decoded frame (or an array) into a slot; the slot's shape is the output shape."""
 
-_RING_CAPACITY = 64
+POLICIES: tuple[str, ...] = ("latest", "fifo")
+_STALL_MIN, _STALL_MAX = 0.05, 1.0  # bounds of the learned stall timeout, seconds
+_STALL_INTERVALS = 3  # a camera is silent after this many of its frame intervals
 
 
 def numpy_allocator(shape: tuple[int, ...]) -> np.ndarray:
@@ -60,10 +74,30 @@ def _as_array(buffer: Any) -> np.ndarray:
     return array
 
 
-class _Buffer:
-    """One pool buffer and the per-slot metadata the seal fills in."""
+def _spin_until(done: Callable[[], bool]) -> None:
+    """Wait for a writer to finish one frame: microseconds to a millisecond or two."""
+    delay = 0.0
+    while not done():
+        time.sleep(delay)
+        delay = min(0.001, delay * 2 or 0.00005)
 
-    __slots__ = ("id", "owner", "frames", "indices", "pts", "timestamps", "valid", "held")
+
+class _Buffer:
+    """One pool buffer and its per-row metadata, written by each row's own camera."""
+
+    __slots__ = (
+        "id",
+        "owner",
+        "frames",
+        "indices",
+        "pts",
+        "timestamps",
+        "valid",
+        "written",
+        "corrupt",
+        "seq",
+        "held",
+    )
 
     def __init__(self, ident: int, owner: Any, frames: np.ndarray) -> None:
         self.id = ident
@@ -74,23 +108,66 @@ class _Buffer:
         self.pts = np.full(capacity, -1, np.int64)
         self.timestamps = np.zeros(capacity, np.float64)
         self.valid = np.zeros(capacity, bool)
+        self.written = np.zeros(capacity, bool)  # a frame (or a failure) landed in the row
+        self.corrupt = np.zeros(capacity, bool)
+        self.seq = -1  # batch number while open, -1 once sealed
         self.held = False
 
+    def reset(self) -> None:
+        self.indices.fill(-1)
+        self.pts.fill(-1)
+        self.valid.fill(False)
+        self.written.fill(False)
+        self.corrupt.fill(False)
 
-@dataclass(eq=False)
-class _Camera:
-    cam_id: str
-    slot: int
-    policy: Policy
-    ring: SpscRing = field(default_factory=lambda: SpscRing(_RING_CAPACITY))
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    last_written: int = -1  # id of the buffer holding this camera's newest frame
-    pending: deque[tuple[Any, int, int | None]] = field(default_factory=deque)  # fifo only
-    paused: bool = False
-    started: bool = False
-    replaced: int = 0
-    stale: int = 0
-    overflow: int = 0
+    def copy_row(self, src: int, dst: int, into: _Buffer | None = None) -> None:
+        out = self if into is None else into
+        if self.written[src]:
+            out.frames[dst] = self.frames[src]
+        for name in ("indices", "pts", "timestamps", "written", "corrupt"):
+            getattr(out, name)[dst] = getattr(self, name)[src]
+
+
+class CameraRows:
+    """One camera's rows in the pool's buffers and what the batches did with its frames.
+
+    The decoder thread of the camera is the only writer of ``writing``, ``next_seq`` and the
+    frame clock; the pool's other threads only read them, or freeze the rows while they move.
+    """
+
+    def __init__(self, cam_id: str, slot: int, policy: Policy) -> None:
+        self.cam_id = cam_id
+        self.slot = slot  # -1 once removed
+        self.policy: Policy = policy
+        self.writing: _Buffer | None = None
+        self.frozen = False
+        self.next_seq = 0  # fifo: the batch its next frame goes to
+        self.blocked = False  # fifo: waits for a buffer to open
+        self.on_room: Callable[[], None] | None = None
+        self.last_frame_at: float | None = None  # monotonic; None until the first frame
+        self.interval: float | None = None  # learned seconds between frames
+        self.stalled_since: float | None = None
+        self.last_valid: np.ndarray | None = None  # repeat_last only
+        self.last_valid_meta: tuple[int, int, float] = (-1, -1, 0.0)
+        self.replaced = 0
+        self.stale = 0
+        self.stalls = 0
+        self.stalled_seconds = 0.0
+        self.in_batches = 0
+        self.invalid_in_batches = 0
+
+    def counters(self) -> dict[str, Any]:
+        stalled = self.stalled_seconds
+        if self.stalled_since is not None:
+            stalled += time.monotonic() - self.stalled_since
+        return {
+            "replaced": self.replaced,
+            "stale": self.stale,
+            "stalls": self.stalls,
+            "stalled_seconds": round(stalled, 3),
+            "in_batches": self.in_batches,
+            "invalid_in_batches": self.invalid_in_batches,
+        }
 
 
 class Batch:
@@ -186,20 +263,20 @@ class Batch:
 
 
 class BatchPool:
-    """K preallocated batch buffers, the cameras' slots in them, and the batching policy.
+    """K preallocated batch buffers, the cameras' rows in them, and the batching policy.
 
     :param frame_shape: shape of one output frame, e.g. (H, W, 3).
-    :param buffers: K; a Batch held by the caller keeps one buffer, one more is filling.
-    :param capacity: initial slot count; grows (new buffers, held ones untouched) as cameras come.
+    :param buffers: K; each Batch held by the caller keeps one, the rest are open for frames.
+    :param capacity: initial row count; grows (new buffers, held ones untouched) as cameras come.
     :param max_wait: release a batch this many seconds after its first frame even if some
-        cameras have none yet (None: wait for every camera, or the caller's timeout).
+        cameras have none yet (None: wait for every live camera, or the caller's timeout).
     :param max_staleness: frames older than this many seconds leave their slot empty (counted).
-    :param repeat_last: fill an empty slot with the camera's previous frame (a copy), marked valid.
+    :param repeat_last: fill an empty slot with the camera's previous frame, marked valid (one
+        extra row copy per frame handed out).
     :param allocator: ``f(shape) -> uint8 memory`` (numpy, torch, anything DLPack), for example
         pinned memory: ``lambda s: torch.empty(s, dtype=torch.uint8, pin_memory=True)``.
-    :param fifo_depth: frames a ``"fifo"`` camera may queue before ``on_backpressure(cam_id,
-        True)`` asks to pause its partition; ``on_backpressure(cam_id, False)`` resumes it once
-        half have gone. Frames past four times the depth (already fetched) are dropped, counted.
+    :param stall_timeout: a camera with no new frame for this many seconds stops holding
+        batches back until its next frame (None: three of its own frame intervals, 0.05-1 s).
     """
 
     def __init__(
@@ -213,37 +290,49 @@ class BatchPool:
         repeat_last: bool = False,
         allocator: Allocator | None = None,
         writer: FrameWriter | None = None,
-        fifo_depth: int = 8,
-        on_backpressure: Callable[[str, bool], None] | None = None,
+        stall_timeout: float | None = None,
     ) -> None:
-        if fifo_depth < 1:
-            raise ConfigError(f"fifo_depth must be >= 1, got {fifo_depth}")
-        if buffers < 2:
+        if not isinstance(buffers, int) or buffers < 2:
             raise ConfigError(f"buffers must be >= 2 (one filling, one handed out), got {buffers}")
-        for name, value in (("max_wait", max_wait), ("max_staleness", max_staleness)):
-            if value is not None and value < 0:
+        for name, value in (
+            ("max_wait", max_wait),
+            ("max_staleness", max_staleness),
+            ("stall_timeout", stall_timeout),
+        ):
+            if value is not None and (not isinstance(value, int | float) or not value >= 0):
                 raise ConfigError(f"{name} must be >= 0 seconds or None, got {value!r}")
         self.frame_shape = tuple(frame_shape)
         self.max_wait = max_wait
         self.max_staleness = max_staleness
         self.repeat_last = repeat_last
+        self.stall_timeout = stall_timeout
         self._allocator = allocator or numpy_allocator
         self._writer = writer
-        self.fifo_depth = fifo_depth
-        self.on_backpressure = on_backpressure
         self._count = buffers
-        self._cond = threading.Condition()
-        self._seal_lock = threading.Lock()
-        self._cameras: dict[str, _Camera] = {}
-        self._order: list[_Camera] = []  # slot order
+        self._cond = threading.Condition()  # wakes the sealer; guards the camera list
+        self._consume_lock = threading.Lock()  # one consumer (seal or take) at a time
+        self._struct_lock = threading.Lock()  # camera set, buffer set, the sealer's switch
+        self._rows: dict[str, CameraRows] = {}
+        self._order: list[CameraRows] = []  # slot order
+        self._frozen = False  # every row, while the buffers grow
         self._next_id = 0
-        self._capacity = 0
-        self._buffers: list[_Buffer] = []
-        self._grow(max(1, capacity))
-        self._filling = self._buffers[0]
+        self._capacity = max(1, capacity)
+        self._buffers = [self._allocate() for _ in range(buffers)]
+        self._open: dict[int, _Buffer] = {}
+        self._next_seq = 0
+        self._filling_seq = 0
+        for buf in self._buffers:
+            self._open_buffer(buf)
         self._first_frame_at: float | None = None
+        self._closed = False
         self.batches = 0
         self.bytes_copied = 0
+
+    def close(self) -> None:
+        """Wake a waiting :meth:`seal`, which returns None from now on."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     # -- memory ------------------------------------------------------------------------------
 
@@ -256,178 +345,243 @@ class BatchPool:
         self._next_id += 1
         return _Buffer(self._next_id, owner, frames)
 
-    def _grow(self, capacity: int) -> None:
-        """Replace the free buffers with bigger ones; held ones are replaced on release."""
-        self._capacity = capacity
-        kept = [b for b in self._buffers if b.held]
-        self._buffers = kept + [self._allocate() for _ in range(self._count - len(kept))]
+    def _open_buffer(self, buf: _Buffer) -> None:
+        """Number ``buf`` as the next batch and let writers in (its rows are clean)."""
+        buf.reset()
+        seq = self._next_seq
+        buf.seq = seq
+        with self._cond:
+            self._open[seq] = buf
+            self._next_seq = seq + 1
+            self._cond.notify_all()
 
     def _give_back(self, buffer: _Buffer) -> None:
-        with self._cond:
+        with self._struct_lock:
             buffer.held = False
-            if buffer.frames.shape[0] != self._capacity and buffer in self._buffers:
-                self._buffers.remove(buffer)
-                self._buffers.append(self._allocate())
-            self._cond.notify_all()
+            if buffer.frames.shape[0] != self._capacity:
+                self._buffers.remove(buffer)  # the pool grew while it was held
+                buffer = self._allocate()
+                self._buffers.append(buffer)
+            self._open_buffer(buffer)
+            waiting = [rows for rows in self._order if rows.blocked]
+        for rows in waiting:
+            rows.blocked = False
+            if rows.on_room is not None:
+                rows.on_room()
+
+    def _grow(self, capacity: int) -> None:
+        """Move the open buffers into bigger ones; held ones are replaced on release."""
+        old_capacity, self._capacity = self._capacity, capacity
+        fresh = {seq: self._allocate() for seq in self._open}
+        self._frozen = True
+        try:
+            for rows in self._order:
+                _spin_until(lambda rows=rows: rows.writing is None)  # type: ignore[misc]
+            for seq, buf in self._open.items():
+                new = fresh[seq]
+                new.seq, buf.seq = seq, -1
+                for slot in range(min(old_capacity, len(self._order))):
+                    buf.copy_row(slot, slot, into=new)
+                    self.bytes_copied += buf.frames[0].nbytes if buf.written[slot] else 0
+            with self._cond:
+                self._buffers = [b for b in self._buffers if b.held] + list(fresh.values())
+                self._open = fresh
+        finally:
+            self._frozen = False
 
     # -- cameras -----------------------------------------------------------------------------
 
-    def _all_locks(self) -> list[threading.Lock]:
-        return [cam.lock for cam in self._order]
-
-    def add(self, cam_id: str, policy: Policy = "latest") -> None:
-        """Give ``cam_id`` the next slot; the next batch has one more camera."""
-        if policy not in ("latest", "fifo"):
+    def add(self, cam_id: str, policy: Policy = "latest") -> CameraRows:
+        """Give ``cam_id`` the next row (or change its policy); the next batch has it too."""
+        if policy not in POLICIES:
             raise ConfigError(f"policy must be 'latest' or 'fifo', got {policy!r}")
-        with self._seal_lock, self._cond:
-            if cam_id in self._cameras:
-                self._cameras[cam_id].policy = policy
-                return
-            locks = self._all_locks()
-            for lock in locks:
-                lock.acquire()
-            try:
-                if len(self._order) >= self._capacity:
-                    old = self._filling
-                    self._grow(max(2 * self._capacity, len(self._order) + 1))
-                    self._filling = self._free_buffer()
-                    self._move_written(old, self._filling)
-                cam = _Camera(cam_id, len(self._order), policy)
-                self._cameras[cam_id] = cam
-                self._order.append(cam)
-            finally:
-                for lock in locks:
-                    lock.release()
+        with self._struct_lock:
+            rows = self._rows.get(cam_id)
+            if rows is not None:
+                rows.policy = policy
+                return rows
+            if len(self._order) >= self._capacity:
+                self._grow(max(2 * self._capacity, len(self._order) + 1))
+            rows = CameraRows(cam_id, len(self._order), policy)
+            rows.next_seq = self._filling_seq
+            with self._cond:
+                self._rows[cam_id] = rows
+                self._order.append(rows)
+            return rows
 
     def remove(self, cam_id: str) -> None:
-        """Drop ``cam_id``'s slot; the last camera moves into it so slots stay dense."""
-        with self._seal_lock, self._cond:
-            cam = self._cameras.get(cam_id)
-            if cam is None:
+        """Drop ``cam_id``'s row; the last camera moves into it so rows stay dense."""
+        with self._struct_lock:
+            rows = self._rows.get(cam_id)
+            if rows is None:
                 return
-            locks = self._all_locks()
-            for lock in locks:
-                lock.acquire()
+            last = self._order[-1]
+            rows.frozen = last.frozen = True
             try:
-                del self._cameras[cam_id]
-                last = self._order.pop()
-                if last is not cam:
-                    if last.last_written == self._filling.id:
-                        self._filling.frames[cam.slot] = self._filling.frames[last.slot]
-                        self.bytes_copied += self._filling.frames[0].nbytes
-                    last.slot = cam.slot
-                    self._order[cam.slot] = last
+                _spin_until(lambda: rows.writing is None and last.writing is None)
+                for buf in self._open.values():
+                    if last is not rows:
+                        buf.copy_row(last.slot, rows.slot)
+                        self.bytes_copied += buf.frames[0].nbytes if buf.written[last.slot] else 0
+                    buf.written[last.slot] = False
+                with self._cond:
+                    del self._rows[cam_id]
+                    self._order.pop()
+                    if last is not rows:
+                        last.slot = rows.slot
+                        self._order[rows.slot] = last
+                    rows.slot = -1
+                    self._cond.notify_all()
             finally:
-                for lock in locks:
-                    lock.release()
-            self._cond.notify_all()
+                rows.frozen = last.frozen = False
 
-    def _move_written(self, old: _Buffer, new: _Buffer) -> None:
-        """After growing: carry frames already written into the old filling buffer across."""
-        for cam in self._order:
-            if cam.last_written == old.id:
-                new.frames[cam.slot] = old.frames[cam.slot]
-                cam.last_written = new.id
-                self.bytes_copied += old.frames[0].nbytes
+    def rows(self, cam_id: str) -> CameraRows:
+        rows = self._rows.get(cam_id)
+        if rows is None:
+            raise UnknownCameraError(cam_id)
+        return rows
 
     def cameras(self) -> list[str]:
-        return [cam.cam_id for cam in self._order]
+        return [rows.cam_id for rows in self._order]
 
     def __contains__(self, cam_id: str) -> bool:
-        return cam_id in self._cameras
+        return cam_id in self._rows
 
     # -- writing (decoder threads) -----------------------------------------------------------
 
     def write(self, cam_id: str, frame: Any, index: int, pts: int | None = None) -> bool:
-        """Write ``frame`` into the camera's slot of the filling buffer; False if it is gone.
+        """Write ``frame`` into the camera's row; False if the camera is gone or has no room."""
+        rows = self._rows.get(cam_id)
+        return rows is not None and self.publish(rows, frame, index, pts) == "written"
 
-        ``frame`` is whatever the pool's writer takes (a PyAV frame), or None for a packet that
-        failed to decode: the slot is then left empty and the record says so. A ``"fifo"``
-        camera whose slot is taken queues the frame for the next batch instead.
+    def publish(self, rows: CameraRows, frame: Any, index: int, pts: int | None = None) -> Publish:
+        """Write one frame (None: a packet that failed, the row keeps only its index).
+
+        ``"full"``: a fifo camera's rows are all taken; keep the frame, set ``rows.blocked``
+        and publish again (``rows.on_room`` is called when a buffer opens).
         """
-        cam = self._cameras.get(cam_id)
-        if cam is None:
-            return False
-        pause = False
-        with cam.lock:
-            if self._cameras.get(cam_id) is not cam:
-                return False
-            # Only a camera that had nothing waiting can make a batch ready: wake the sealer
-            # for those, not for every newer frame replacing an older one.
-            fresh = len(cam.ring) == 0
-            if cam.policy == "fifo" and (cam.pending or not fresh):
-                if len(cam.pending) >= 4 * self.fifo_depth:
-                    cam.pending.popleft()
-                    cam.overflow += 1
-                cam.pending.append((frame, index, pts))
-                pause = len(cam.pending) >= self.fifo_depth and not cam.paused
-                cam.paused = cam.paused or pause
-            else:
-                self._write_locked(cam, frame, index, pts)
-        if pause and self.on_backpressure is not None:
-            self.on_backpressure(cam_id, True)
-        if fresh:
-            with self._cond:
-                if self._first_frame_at is None:
-                    self._first_frame_at = time.monotonic()
-                self._cond.notify_all()
-        return True
+        while True:
+            if self._frozen or rows.frozen:
+                _spin_until(lambda: not (self._frozen or rows.frozen))
+                continue
+            slot = rows.slot
+            if slot < 0:
+                return "gone"
+            seq = self._filling_seq
+            if rows.policy == "fifo":
+                seq = max(seq, rows.next_seq)
+            buf = self._open.get(seq)
+            if buf is None:
+                if seq >= self._next_seq:
+                    return "full"
+                continue  # a seal just closed it: look again
+            rows.writing = buf
+            if buf.seq == seq and rows.slot == slot and not (self._frozen or rows.frozen):
+                break
+            rows.writing = None
+        try:
+            first = not buf.written[slot]
+            if frame is not None:
+                out = buf.frames[slot]
+                if self._writer is not None:
+                    self._writer(frame, out)
+                else:
+                    np.copyto(out, frame)
+            buf.indices[slot] = index
+            buf.pts[slot] = -1 if pts is None else pts
+            buf.timestamps[slot] = time.time()
+            buf.corrupt[slot] = frame is None
+            buf.written[slot] = True
+        finally:
+            rows.writing = None
+        if not first:
+            rows.replaced += 1
+        rows.next_seq = seq + 1
+        self._tick(rows, wake=first and seq == self._filling_seq)
+        return "written"
 
-    def _write_locked(self, cam: _Camera, frame: Any, index: int, pts: int | None) -> None:
-        buf = self._filling
-        if frame is not None:
-            slot = buf.frames[cam.slot]
-            if self._writer is not None:
-                self._writer(frame, slot)
-            else:
-                np.copyto(slot, frame)
-            cam.last_written = buf.id
-        cam.started = True
-        flags = 0 if frame is not None else FLAG_CORRUPT
-        record = (index, -1 if pts is None else pts, time.time(), buf.id, flags)
-        if not cam.ring.push(*record):
-            # Only one buffer's records are ever in a ring: the older ones are superseded.
-            cam.replaced += len(cam.ring)
-            while cam.ring.pop() is not None:
-                pass
-            cam.ring.push(*record)
+    def _tick(self, rows: CameraRows, wake: bool) -> None:
+        """Learn the camera's frame interval; wake the sealer when a batch may be ready."""
+        now = time.monotonic()
+        if rows.last_frame_at is not None:
+            gap = min(now - rows.last_frame_at, 2 * _STALL_MAX)
+            # A decaying maximum: B-frame bursts alternate short and long gaps.
+            rows.interval = gap if rows.interval is None else max(gap, 0.9 * rows.interval)
+        rows.last_frame_at = now
+        if not wake and rows.stalled_since is None:
+            return
+        with self._cond:
+            if rows.stalled_since is not None:
+                silent = now - rows.stalled_since
+                rows.stalled_seconds += silent
+                rows.stalled_since = None
+                log.info("camera %s is back after %.2f s", rows.cam_id, silent)
+            if self._first_frame_at is None:
+                self._first_frame_at = now
+            self._cond.notify_all()
+
+    def stall_limit(self, rows: CameraRows) -> float:
+        """Seconds without a frame after which ``rows`` stops holding batches back."""
+        if self.stall_timeout is not None:
+            return self.stall_timeout
+        if rows.interval is None:
+            return _STALL_MAX
+        return min(_STALL_MAX, max(_STALL_MIN, _STALL_INTERVALS * rows.interval))
 
     # -- sealing (the model's thread) --------------------------------------------------------
 
-    def _ready(self) -> bool:
-        # A camera counts once it has sent its first frame: one just added must not stall
-        # the others' batches while it waits for a keyframe.
-        live = [cam for cam in self._order if cam.started]
-        fresh = sum(1 for cam in live if len(cam.ring))
-        if live and fresh == len(live):
-            return True
-        if fresh and self.max_wait is not None and self._first_frame_at is not None:
-            return time.monotonic() - self._first_frame_at >= self.max_wait
-        return False
-
-    def _free_buffer(self) -> _Buffer:
-        for buf in self._buffers:
-            if not buf.held and buf is not self._filling:
-                return buf
-        raise ComuxTimeoutError("no free batch buffer")  # the caller waits for one first
+    def _ready(self, now: float) -> tuple[bool, float | None]:
+        """Whether the filling buffer should be sealed, else how long until that may change."""
+        buf = self._open[self._filling_seq]
+        written = False
+        wait: float | None = None
+        for rows in self._order:
+            if buf.written[rows.slot]:
+                written = True
+            elif rows.last_frame_at is not None and rows.stalled_since is None:
+                # A camera holds batches back from its first frame until it goes silent.
+                due = rows.last_frame_at + self.stall_limit(rows) - now
+                if due > 0:
+                    wait = due if wait is None else min(wait, due)
+                    continue
+                rows.stalled_since = now
+                rows.stalls += 1
+                log.warning(
+                    "camera %s went silent: no frame for %.2f s",
+                    rows.cam_id,
+                    now - rows.last_frame_at,
+                )
+        if not written or wait is None:
+            return written, None
+        if self.max_wait is not None and self._first_frame_at is not None:
+            left = self._first_frame_at + self.max_wait - now
+            if left <= 0:
+                return True, None
+            wait = min(wait, left)
+        return False, wait
 
     def seal(self, timeout: float | None = None) -> Batch | None:
         """Wait for a batch by the policy, or ``timeout``; None if no camera had a frame."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._seal_lock:
+        with self._consume_lock:
             with self._cond:
-                while not self._ready():
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
+                while True:
+                    if self._closed:
+                        return None
+                    now = time.monotonic()
+                    ready, wait = self._ready(now)
+                    if ready:
                         break
-                    wait = remaining
-                    if self.max_wait is not None and self._first_frame_at is not None:
-                        due = self._first_frame_at + self.max_wait - time.monotonic()
-                        wait = due if wait is None else min(wait, due)
+                    if deadline is not None:
+                        if deadline <= now:
+                            break
+                        wait = deadline - now if wait is None else min(wait, deadline - now)
                     self._cond.wait(None if wait is None else max(wait, 0.0005))
-                if not self._any_fresh():
+                if not ready and not self._open[self._filling_seq].written.any():
                     return None
-                while not any(not b.held and b is not self._filling for b in self._buffers):
+                while self._filling_seq + 1 not in self._open:
+                    if self._closed:
+                        return None
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise ComuxTimeoutError(
@@ -435,109 +589,88 @@ class BatchPool:
                             "sooner or give the pool more buffers"
                         )
                     self._cond.wait(remaining)
-                new = self._free_buffer()
-            locks = self._all_locks()
-            for lock in locks:
-                lock.acquire()
-            try:
-                old = self._filling
-                self._filling = new
-                cam_ids = [cam.cam_id for cam in self._order]
-                self._drain(old)
-                old.held = True
-                resumed = self._write_pending()
+            with self._struct_lock:
+                old = self._open[self._filling_seq]
                 with self._cond:
-                    self._first_frame_at = time.monotonic() if self._any_fresh() else None
-            finally:
-                for lock in locks:
-                    lock.release()
-            if self.on_backpressure is not None:
-                for cam_id in resumed:
-                    self.on_backpressure(cam_id, False)
+                    old.seq = -1
+                    del self._open[self._filling_seq]
+                    self._filling_seq += 1
+                for rows in self._order:
+                    _spin_until(lambda rows=rows: rows.writing is not old)  # type: ignore[misc]
+                cam_ids = [rows.cam_id for rows in self._order]
+                self._finish(old)
+                old.held = True
+                new = self._open[self._filling_seq]
+                with self._cond:
+                    self._first_frame_at = time.monotonic() if new.written.any() else None
             self.batches += 1
             return Batch(cam_ids, old, self)
 
-    def _any_fresh(self) -> bool:
-        return any(len(cam.ring) for cam in self._order)
-
-    def _write_pending(self) -> list[str]:
-        """Move each fifo camera's oldest queued frame into the new filling buffer."""
-        resumed = []
-        for cam in self._order:
-            if not cam.pending:
-                continue
-            self._write_locked(cam, *cam.pending.popleft())
-            if cam.paused and len(cam.pending) <= self.fifo_depth // 2:
-                cam.paused = False
-                resumed.append(cam.cam_id)
-        return resumed
-
-    def _drain(self, buf: _Buffer) -> None:
+    def _finish(self, buf: _Buffer) -> None:
+        """Decide each slot's validity; count what the batch hands out."""
         now = time.time()
-        for cam in self._order:
-            i = cam.slot
-            latest = cam.ring.pop_latest()
-            buf.valid[i] = False
-            buf.indices[i] = -1
-            if latest is None:
-                if self.repeat_last and cam.last_written not in (-1, buf.id):
-                    self._repeat(cam, buf)
-                continue
-            (index, pts, stamp, _buf_id, flags), dropped = latest
-            cam.replaced += dropped
-            buf.indices[i] = index
-            buf.pts[i] = pts
-            buf.timestamps[i] = stamp
-            if flags & FLAG_CORRUPT:
-                continue  # decode failure: index kept, no frame
-            if self.max_staleness is not None and now - stamp > self.max_staleness:
-                cam.stale += 1
-                continue
-            buf.valid[i] = True
-
-    def _repeat(self, cam: _Camera, buf: _Buffer) -> None:
-        source = next((b for b in self._buffers if b.id == cam.last_written), None)
-        if source is None:
-            return
-        buf.frames[cam.slot] = source.frames[cam.slot]
-        buf.valid[cam.slot] = True
-        buf.indices[cam.slot] = source.indices[cam.slot]
-        buf.timestamps[cam.slot] = source.timestamps[cam.slot]
-        self.bytes_copied += buf.frames[0].nbytes
+        for rows in self._order:
+            i = rows.slot
+            ok = bool(buf.written[i] and not buf.corrupt[i])
+            if (
+                ok
+                and self.max_staleness is not None
+                and now - buf.timestamps[i] > self.max_staleness
+            ):
+                rows.stale += 1
+                ok = False
+            buf.valid[i] = ok
+            if ok:
+                rows.in_batches += 1
+                if self.repeat_last:
+                    if rows.last_valid is None:
+                        rows.last_valid = np.empty_like(buf.frames[i])
+                    np.copyto(rows.last_valid, buf.frames[i])
+                    rows.last_valid_meta = (
+                        int(buf.indices[i]),
+                        int(buf.pts[i]),
+                        float(buf.timestamps[i]),
+                    )
+                    self.bytes_copied += buf.frames[i].nbytes
+            elif buf.written[i]:
+                rows.invalid_in_batches += 1
+            elif self.repeat_last and rows.last_valid is not None:
+                buf.frames[i] = rows.last_valid
+                buf.indices[i], buf.pts[i], buf.timestamps[i] = rows.last_valid_meta
+                buf.valid[i] = True
+                self.bytes_copied += buf.frames[i].nbytes
 
     def take(self, cam_id: str, timeout: float | None = None) -> Entry | None:
-        """Copy out ``cam_id``'s newest frame, leaving its slot of the next batch empty."""
-        cam = self._cameras.get(cam_id)
-        if cam is None:
-            raise UnknownCameraError(cam_id)
+        """Copy out ``cam_id``'s next frame, leaving its slot of the next batch empty."""
+        rows = self.rows(cam_id)
         with self._cond:
             if not self._cond.wait_for(
-                lambda: self._cameras.get(cam_id) is not cam or len(cam.ring) > 0, timeout
+                lambda: rows.slot < 0 or bool(self._open[self._filling_seq].written[rows.slot]),
+                timeout,
             ):
                 return None
-        with cam.lock:
-            latest = cam.ring.pop_latest()
-            if latest is None or self._cameras.get(cam_id) is not cam:
+        with self._consume_lock, self._struct_lock:
+            slot = rows.slot
+            if slot < 0:
                 return None
-            (index, _pts, _stamp, _buf, flags), dropped = latest
-            cam.replaced += dropped
-            if flags & FLAG_CORRUPT:
-                return cam_id, index, None
-            frame = self._filling.frames[cam.slot].copy()
-            cam.last_written = -1
+            rows.frozen = True
+            try:
+                _spin_until(lambda: rows.writing is None)
+                buf = self._open[self._filling_seq]
+                if not buf.written[slot]:
+                    return None
+                buf.written[slot] = False
+                index = int(buf.indices[slot])
+                if buf.corrupt[slot]:
+                    return cam_id, index, None
+                frame = buf.frames[slot].copy()
+            finally:
+                rows.frozen = False
         self.bytes_copied += frame.nbytes
         return cam_id, index, frame
 
-    def counters(self, cam_id: str) -> dict[str, int]:
-        cam = self._cameras.get(cam_id)
-        if cam is None:
-            raise UnknownCameraError(cam_id)
-        return {
-            "replaced": cam.replaced,
-            "stale": cam.stale,
-            "queued": len(cam.pending),
-            "overflow": cam.overflow,
-        }
+    def counters(self, cam_id: str) -> dict[str, Any]:
+        return self.rows(cam_id).counters()
 
 
 def pyav_writer(pix_fmt: str) -> FrameWriter:

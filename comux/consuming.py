@@ -1,9 +1,10 @@
 """Kafka side of the cameras: one consumer per process, a poll thread, decode worker threads.
 
 One librdkafka consumer serves every camera of the process: at 64 cameras, 64 clients would mean
-64 sets of broker connections, fetch threads and prefetch buffers. The poll thread only routes
-messages; decoding runs on a fixed pool of worker threads (one per core by default), each camera
-pinned to one worker so its packets stay in order.
+64 sets of broker connections, fetch threads and prefetch buffers. The poll thread only queues
+each message on its camera; decoding runs on a fixed pool of worker threads (one per core by
+default), each camera pinned to one worker so its packets stay in order. A camera whose queue
+is full has its partition paused; what librdkafka had already handed over stays queued.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 from confluent_kafka import KafkaError as RdKafkaError
 
+from .camera import Camera
 from .config import TopicSchema, redact
-from .decoding import CameraDecoder
 from .errors import BrokerUnavailableError
 
 __all__ = ["ConsumerSettings", "CameraConsumer", "DecodeWorker", "check_broker"]
@@ -90,7 +91,7 @@ def check_broker(client: Any, servers: str, timeout: float) -> None:
 
 
 class DecodeWorker(threading.Thread):
-    """Decode the packets of the cameras pinned to this thread, in arrival order."""
+    """Give the cameras pinned to this thread turns at decoding their queued packets."""
 
     def __init__(self, number: int) -> None:
         super().__init__(name=f"comux-decode-{number}", daemon=True)
@@ -98,18 +99,23 @@ class DecodeWorker(threading.Thread):
         self.cameras: set[str] = set()
         self.crashes = 0
 
+    def schedule(self, camera: Camera) -> None:
+        """Queue a turn for ``camera`` unless one is queued (a spare turn is harmless)."""
+        if not camera.scheduled:
+            camera.scheduled = True
+            self.queue.put(camera)
+
     def run(self) -> None:
         while True:
-            item = self.queue.get()
-            if item is _STOP:
+            camera = self.queue.get()
+            if camera is _STOP:
                 return
-            decoder, msg = item
+            camera.scheduled = False
             try:
-                if not decoder.closed:
-                    decoder.decode(msg)
+                camera.run()
             except Exception:  # a bug must not kill the thread serving other cameras
                 self.crashes += 1
-                log.exception("camera %s: decoder failed", decoder.cam_id)
+                log.exception("camera %s: decoder failed", camera.cam_id)
 
     def stop(self) -> None:
         self.queue.put(_STOP)
@@ -128,7 +134,7 @@ class CameraConsumer:
         self.settings = settings
         self.schema = schema
         self._consumer = Consumer(settings.librdkafka_config(), error_cb=self._error_cb)
-        self._decoders: dict[str, CameraDecoder] = {}
+        self._cameras: dict[str, Camera] = {}
         self._worker_of: dict[str, DecodeWorker] = {}
         self._next_fetch: dict[tuple[str, int], int] = {}
         threads = decode_threads or os.cpu_count() or 1
@@ -147,21 +153,24 @@ class CameraConsumer:
     def check(self) -> None:
         check_broker(self._consumer, self.settings.bootstrap_servers, self.settings.connect_timeout)
 
-    def add(self, decoder: CameraDecoder) -> DecodeWorker:
-        """Route ``decoder``'s topic to the least loaded worker and subscribe to it."""
-        decoder.max_offset_diff = self.settings.max_offset_diff
+    def add(self, camera: Camera) -> DecodeWorker:
+        """Pin ``camera`` to the least loaded worker and subscribe to its topic."""
+        camera.decoder.max_offset_diff = self.settings.max_offset_diff
+        camera.armed = self.settings.end  # a backlog asked for (end=False) is read, not skipped
+        camera.on_fetch = self._request_resume
         worker = min(self.workers, key=lambda w: len(w.cameras))
-        worker.cameras.add(decoder.cam_id)
-        self._decoders[decoder.cam_id] = decoder
-        self._worker_of[decoder.cam_id] = worker
+        worker.cameras.add(camera.cam_id)
+        camera.worker = worker
+        self._cameras[camera.cam_id] = camera
+        self._worker_of[camera.cam_id] = worker
         self._resubscribe()
         return worker
 
     def remove(self, cam_id: str) -> None:
-        decoder = self._decoders.pop(cam_id, None)
+        camera = self._cameras.pop(cam_id, None)
         worker = self._worker_of.pop(cam_id, None)
-        if decoder is not None:
-            decoder.closed = True
+        if camera is not None:
+            camera.close()
         if worker is not None:
             worker.cameras.discard(cam_id)
         self._resubscribe()
@@ -174,19 +183,32 @@ class CameraConsumer:
         self._subscription_dirty = True
 
     def pause(self, cam_id: str, pause: bool = True) -> None:
-        """Stop (or restart) fetching ``cam_id``'s partitions: backpressure without dropping."""
-        topic = self.schema.topic(cam_id)
+        """Stop (or restart) fetching ``cam_id``'s partitions for the user (control ``pause``)."""
+        camera = self._cameras.get(cam_id)
+        if camera is not None:
+            camera.user_paused = pause
+            self._commands.put(lambda: self._apply_pause(camera))
 
-        def apply() -> None:
-            partitions = [tp for tp in self._consumer.assignment() if tp.topic == topic]
-            if partitions:
-                (self._consumer.pause if pause else self._consumer.resume)(partitions)
-                log.info("%s %s", "paused" if pause else "resumed", topic)
+    def _request_resume(self, camera: Camera) -> None:
+        """Called by a decode worker once the camera's queue has room again."""
+        camera.fetch_paused = False
+        self._commands.put(lambda: self._apply_pause(camera))
 
-        self._commands.put(apply)
+    def _apply_pause(self, camera: Camera) -> None:
+        """Pause or resume the camera's partitions as its flags say (poll thread only)."""
+        paused = camera.fetch_paused or camera.user_paused
+        partitions = [tp for tp in self._consumer.assignment() if tp.topic == camera.topic]
+        if not partitions or self._cameras.get(camera.cam_id) is not camera:
+            return
+        try:
+            (self._consumer.pause if paused else self._consumer.resume)(partitions)
+        except KafkaException as exc:
+            log.warning("%s %s failed: %s", "pause" if paused else "resume", camera.topic, exc)
+            return
+        log.debug("%s %s", "paused" if paused else "resumed", camera.topic)
 
     def _subscribe(self) -> None:
-        topics = sorted(self.schema.topic(c) for c in list(self._decoders))
+        topics = sorted(camera.topic for camera in list(self._cameras.values()))
         for key in [k for k in self._next_fetch if k[0] not in topics]:
             del self._next_fetch[key]  # a camera created again starts afresh
         if topics == self._subscribed:
@@ -214,6 +236,10 @@ class CameraConsumer:
             log.warning("assignment failed (closing?): %s", exc)
             return
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+        topics = {tp.topic for tp in partitions}
+        for camera in list(self._cameras.values()):
+            if camera.topic in topics and (camera.fetch_paused or camera.user_paused):
+                self._apply_pause(camera)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -276,32 +302,44 @@ class CameraConsumer:
             cam_id = self.schema.cam_id(topic)
         except ValueError:
             return
-        decoder = self._decoders.get(cam_id)
-        if decoder is None:
+        camera = self._cameras.get(cam_id)
+        if camera is None:
             return
         if first:  # a backlog at start is skipped before any of it is decoded
-            self._maybe_jump(decoder, topic, partition, max(decoder.last_offset, offset - 1))
-        self._worker_of[cam_id].queue.put((decoder, msg))
+            self._maybe_jump(camera, partition, max(camera.decoder.last_offset, offset - 1))
+        if camera.offer(msg) and not camera.fetch_paused:
+            camera.fetch_paused = True
+            self._apply_pause(camera)
 
     def _check_lag(self) -> None:
         """Jump cameras that fell more than their ``max_offset_diff`` behind to near the end."""
         for topic, partition in list(self._next_fetch):
             try:
-                decoder = self._decoders.get(self.schema.cam_id(topic))
+                camera = self._cameras.get(self.schema.cam_id(topic))
             except ValueError:
                 continue
-            if decoder is not None:
-                self._maybe_jump(decoder, topic, partition, decoder.last_offset)
+            if camera is not None:
+                self._maybe_jump(camera, partition, camera.decoder.last_offset)
 
-    def _maybe_jump(self, decoder: CameraDecoder, topic: str, partition: int, done: int) -> None:
-        """Seek near the end when the offset decoded last, ``done``, is too far behind."""
+    def _maybe_jump(self, camera: Camera, partition: int, done: int) -> None:
+        """Seek near the end when the offset decoded last, ``done``, is too far behind.
+
+        A camera started at the earliest offset reads its backlog first: the limit applies
+        once it has caught up with the end of its topic.
+        """
+        decoder, topic = camera.decoder, camera.topic
         limit = decoder.max_offset_diff
         if limit is None or done < decoder.skip_below:
             return  # never jumps, or still catching up with the previous jump
         _, high = self._consumer.get_watermark_offsets(
             TopicPartition(topic, partition), cached=True
         )
-        if high is None or high < 0 or high - 1 - done <= limit:
+        if high is None or high < 0:
+            return
+        if high - 1 - done <= limit:
+            camera.armed = True
+            return
+        if not camera.armed:
             return
         # Keep one GOP (or half the limit while the GOP is unknown) so that a keyframe is
         # likely inside the kept window and decoding resumes at once.
@@ -318,7 +356,7 @@ class CameraConsumer:
             self._next_fetch[(topic, partition)] = target
         decoder.skip_below = target
         log.info(
-            "camera %s fell %d behind: jumped to offset %d", decoder.cam_id, high - 1 - done, target
+            "camera %s fell %d behind: jumped to offset %d", camera.cam_id, high - 1 - done, target
         )
 
     def _message_error(self, msg: Any) -> None:

@@ -276,10 +276,13 @@ def test_pause_update_and_resume_a_running_camera(control_rig, cameras_publishin
     assert all(b not in cams for _, cams in batches) and any(a in cams for _, cams in batches)
     reply = remote.call("update", {"cam_ids": [a], "rate": 5, "max_offset_diff": 30})
     assert reply["status"] == "ok", reply
-    assert comux._decoders[a].config.rate == 5 and comux._decoders[a].max_offset_diff == 30
+    decoder = comux._cameras[a].decoder
+    assert decoder.config.rate == 5 and decoder.max_offset_diff == 30
     bad = remote.call("update", {"cam_ids": [a], "colour": "red"})
     assert bad["status"] == "error" and "colour" in bad["error"]
+    assert remote.call("update", {"cam_ids": [b], "policy": "fifo"})["status"] == "ok"
     assert remote.call("resume", {"cam_ids": [b]})["result"] == {"resumed": [b]}
+    assert comux._pool.rows(b).policy == "fifo"  # a resume keeps what update chose
     _, batches = frames_per_camera(comux, 3.0)
     assert any(b in cams for _, cams in batches)
     listed = remote.call("list", {})["result"]

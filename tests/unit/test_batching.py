@@ -201,29 +201,90 @@ def test_bad_allocator_output_is_refused():
         BatchPool(SHAPE, allocator=lambda s: np.zeros(s, np.float32))
 
 
-def test_fifo_hands_out_every_frame_in_order_and_asks_for_backpressure():
-    signals: list[tuple[str, bool]] = []
-    p = BatchPool(SHAPE, fifo_depth=2, on_backpressure=lambda c, on: signals.append((c, on)))
+def test_fifo_writes_each_frame_into_its_own_later_batch_until_the_rows_run_out():
+    p = BatchPool(SHAPE, buffers=3)
     p.add("a", policy="fifo")
-    for i in range(4):
-        p.write("a", frame(i), i)
-    assert signals == [("a", True)]  # two queued behind the slot: pause the partition
+    assert [p.write("a", frame(i), i) for i in range(4)] == [True, True, True, False]
+    rows = p.rows("a")
+    assert p.publish(rows, frame(3), 3) == "full"
     seen = []
-    for _ in range(4):
+    for _ in range(3):
         with p.seal(timeout=1) as batch:
             seen.append((int(batch.indices[0]), int(batch.frames[0, 0, 0, 0])))
+        # Each release opens a buffer: the frame that found no row goes in now.
+        if len(seen) == 1:
+            assert p.write("a", frame(3), 3)
+    with p.seal(timeout=1) as batch:
+        seen.append((int(batch.indices[0]), int(batch.frames[0, 0, 0, 0])))
     assert seen == [(0, 0), (1, 1), (2, 2), (3, 3)]
-    assert signals == [("a", True), ("a", False)]
-    assert p.counters("a")["replaced"] == 0
+    assert p.counters("a")["replaced"] == 0 and p.counters("a")["in_batches"] == 4
 
 
-def test_fifo_overflow_beyond_four_times_depth_is_counted():
-    p = BatchPool(SHAPE, fifo_depth=1)
-    p.add("a", policy="fifo")
-    for i in range(7):
-        p.write("a", frame(i), i)
-    assert p.counters("a")["overflow"] == 2
-    assert p.counters("a")["queued"] == 4
+def test_a_full_fifo_camera_is_woken_when_a_buffer_opens():
+    p = BatchPool(SHAPE, buffers=2)
+    rows = p.add("a", policy="fifo")
+    woken = threading.Event()
+    rows.on_room = woken.set
+    assert p.write("a", frame(0), 0) and p.write("a", frame(1), 1)
+    rows.blocked = True
+    assert p.publish(rows, frame(2), 2) == "full"
+    batch = p.seal(timeout=1)
+    assert not woken.is_set()  # sealing moves on, only a release frees a row
+    batch.release()
+    assert woken.is_set() and not rows.blocked
+
+
+def test_a_silent_camera_stops_holding_batches_back_and_is_counted():
+    p = pool("a", "b", stall_timeout=0.05)
+    p.write("a", frame(1), 1)
+    p.write("b", frame(1), 1)
+    p.seal(timeout=1).release()
+    p.write("a", frame(2), 2)  # b says nothing from now on
+    with p.seal(timeout=5) as batch:  # released by b's stall, not by the timeout
+        assert batch.valid.tolist() == [True, False]
+    assert p.counters("b")["stalls"] == 1
+    p.write("a", frame(3), 3)
+    with p.seal(timeout=5) as batch:  # b is known silent: no second wait
+        assert batch.valid.tolist() == [True, False]
+    assert p.counters("b")["stalls"] == 1
+    p.write("b", frame(4), 4)  # back: it holds batches again
+    assert p.counters("b")["stalled_seconds"] > 0
+    p.write("a", frame(5), 5)
+    with p.seal(timeout=5) as batch:
+        assert batch.valid.tolist() == [True, True]
+
+
+def test_the_learned_stall_limit_follows_the_frame_interval():
+    p = pool("a")
+    rows = p.rows("a")
+    assert p.stall_limit(rows) == 1.0  # nothing learned yet: the ceiling
+    rows.interval = 0.04
+    assert p.stall_limit(rows) == pytest.approx(0.12)
+    rows.interval = 5.0
+    assert p.stall_limit(rows) == 1.0
+
+
+@pytest.mark.parametrize("kw", [{"stall_timeout": -1}, {"stall_timeout": "1s"}])
+def test_bad_stall_timeout_names_the_setting(kw):
+    with pytest.raises(ConfigError, match="stall_timeout"):
+        BatchPool(SHAPE, **kw)
+
+
+def test_camera_changes_and_close_never_wait_for_a_waiting_seal():
+    p = pool("a")
+    p.write("a", frame(1), 1)
+    p.seal(timeout=1).release()  # a is now live and silent: seal would wait for it
+    result: list[object] = []
+    sealer = threading.Thread(target=lambda: result.append(p.seal(timeout=30)))
+    sealer.start()
+    p.add("new")
+    p.remove("new")
+    for i in range(100):
+        p.add(f"c{i}")
+    assert len(p.cameras()) == 101 and sealer.is_alive()
+    p.close()
+    sealer.join(5)
+    assert not sealer.is_alive() and result == [None]
 
 
 def test_writers_racing_a_sealer_never_tear_a_batch():

@@ -1,0 +1,170 @@
+"""One camera: its queue of packets, its decoder, its rows in the batches and its counters.
+
+Data flows one way. The poll thread appends each message to the camera's queue
+(:meth:`Camera.offer`); the decode worker the camera is pinned to decodes it
+(:meth:`Camera.run`) straight into the camera's rows of the batch buffers; the sealer hands
+the rows out. Backpressure runs the other way without dropping anything: a full queue pauses
+the camera's partition, and a fifo camera whose rows are all taken keeps its decoded frames
+and stops decoding until a buffer opens.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import av
+
+from .batching import BatchPool, CameraRows, Policy
+from .decoding import CameraDecoder, DecoderConfig, Message, PacketCache
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["Camera", "Scheduler"]
+
+log = logging.getLogger("comux.camera")
+
+_BURST = 8  # packets decoded per turn, so cameras sharing a worker take turns
+
+
+class Scheduler(Protocol):
+    """The decode worker a camera is pinned to."""
+
+    def schedule(self, camera: Camera) -> None: ...
+
+
+class Camera:
+    """Everything comux keeps for one camera, owned by one object.
+
+    :param depth: packets that may wait for the decoder before the partition is paused.
+    """
+
+    def __init__(
+        self,
+        cam_id: str,
+        topic: str,
+        config: DecoderConfig,
+        pool: BatchPool,
+        *,
+        policy: Policy,
+        depth: int,
+    ) -> None:
+        self.cam_id = cam_id
+        self.topic = topic
+        self.policy: Policy = policy
+        self.depth = depth
+        self.pool = pool
+        self.decoder = CameraDecoder(cam_id, config, self._deliver)
+        self.cache = PacketCache()
+        self.inbox: deque[Message] = deque()
+        self._held: deque[tuple[av.VideoFrame | None, int, int | None]] = deque()
+        self.worker: Scheduler | None = None
+        self.scheduled = False  # a turn is queued on the worker
+        self.fetch_paused = False  # by backpressure, set by the poll thread
+        self.user_paused = False
+        self.armed = False  # max_offset_diff applies (from the start, or once caught up)
+        self.on_fetch: Callable[[Camera], None] | None = None  # asks the poll thread to resume
+        self.closed = False
+        self.rows: CameraRows = self._join()
+
+    def __repr__(self) -> str:
+        return f"<Camera {self.cam_id!r} {self.policy} queued={len(self.inbox)}>"
+
+    def _join(self) -> CameraRows:
+        rows = self.pool.add(self.cam_id, self.policy)
+        rows.on_room = self._wake
+        return rows
+
+    def _wake(self) -> None:
+        if self.worker is not None:
+            self.worker.schedule(self)
+
+    # -- settings ----------------------------------------------------------------------------
+
+    def set_policy(self, policy: Policy) -> None:
+        self.policy = policy
+        self.rows = self.pool.add(self.cam_id, policy)
+
+    def leave_batches(self) -> None:
+        """Take the row out of the batches (pause); frames decoded meanwhile are counted."""
+        self.pool.remove(self.cam_id)
+
+    def join_batches(self) -> None:
+        self.rows = self._join()
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self.pool.remove(self.cam_id)
+        self.decoder.closed = True
+
+    # -- poll thread -------------------------------------------------------------------------
+
+    def offer(self, msg: Message) -> bool:
+        """Queue one message for the decoder; True when the partition should pause."""
+        self.inbox.append(msg)
+        if self.worker is not None:
+            self.worker.schedule(self)
+        return len(self.inbox) >= self.depth
+
+    # -- decode worker -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Decode a few queued packets; stop early while a fifo camera has no free row."""
+        if self.closed:
+            self.inbox.clear()
+            self._held.clear()
+            return
+        if not self._flush():
+            return
+        for _ in range(_BURST):
+            try:
+                msg = self.inbox.popleft()
+            except IndexError:
+                break
+            self.decoder.decode(msg)
+            if self._held:
+                break
+        if self.fetch_paused and len(self.inbox) <= self.depth // 2 and self.on_fetch:
+            self.on_fetch(self)
+        if self.inbox and not self._held:
+            self._wake()
+
+    def _deliver(self, index: int, frame: av.VideoFrame | None, msg: Message) -> None:
+        self.cache.put(index, msg)
+        item = (frame, index, None if frame is None else frame.pts)
+        if self._held or not self._publish(item):
+            self._held.append(item)
+
+    def _publish(self, item: tuple[av.VideoFrame | None, int, int | None]) -> bool:
+        """Hand one frame to the batches; False when it has to wait for a free row."""
+        rows = self.rows
+        result = self.pool.publish(rows, *item)
+        if result == "full":
+            rows.blocked = True  # set before looking again, so an opening buffer wakes us
+            result = self.pool.publish(rows, *item)
+            if result == "full":
+                return False
+            rows.blocked = False
+        if result == "gone":
+            self.decoder.stats.not_batched += 1  # paused or deleted while it decoded
+        return True
+
+    def _flush(self) -> bool:
+        while self._held:
+            if not self._publish(self._held[0]):
+                return False
+            self._held.popleft()
+        return True
+
+    # -- numbers -----------------------------------------------------------------------------
+
+    def stats(self) -> Mapping[str, Any]:
+        counters: dict[str, Any] = dict(self.decoder.stats.as_dict())
+        counters.update(self.rows.counters())
+        counters["queued"] = len(self.inbox) + len(self._held)
+        counters["fetch_paused"] = self.fetch_paused
+        return counters
