@@ -454,11 +454,23 @@ class BatchPool:
         rows = self._rows.get(cam_id)
         return rows is not None and self.publish(rows, frame, index, pts) == "written"
 
-    def publish(self, rows: CameraRows, frame: Any, index: int, pts: int | None = None) -> Publish:
+    def publish(
+        self,
+        rows: CameraRows,
+        frame: Any,
+        index: int,
+        pts: int | None = None,
+        *,
+        burst: bool = False,
+    ) -> Publish:
         """Write one frame (None: a packet that failed, the row keeps only its index).
 
         ``"full"``: a fifo camera's rows are all taken; keep the frame, set ``rows.blocked``
         and publish again (``rows.on_room`` is called when a buffer opens).
+
+        A ``"latest"`` camera replaces its newest frame, unless the frame came in a ``burst``
+        with it (B-frames leave the decoder together): then it goes to the next open buffer
+        when there is one, so a model that keeps up gets each frame of the burst.
         """
         while True:
             if self._frozen or rows.frozen:
@@ -470,6 +482,11 @@ class BatchPool:
             seq = self._filling_seq
             if rows.policy == "fifo":
                 seq = max(seq, rows.next_seq)
+            else:
+                seq = max(seq, rows.next_seq - 1)
+                newest = self._open.get(seq)
+                if burst and newest is not None and newest.written[slot] and seq + 1 in self._open:
+                    seq += 1
             buf = self._open.get(seq)
             if buf is None:
                 if seq >= self._next_seq:

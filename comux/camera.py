@@ -11,6 +11,7 @@ and stops decoding until a buffer opens.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -142,10 +143,13 @@ class Camera:
     def _publish(self, item: tuple[av.VideoFrame | None, int, int | None]) -> bool:
         """Hand one frame to the batches; False when it has to wait for a free row."""
         rows = self.rows
-        result = self.pool.publish(rows, *item)
+        interval, last = self.decoder.frame_interval, rows.last_frame_at
+        # Sooner after the previous frame than half the capture interval: the same burst.
+        burst = bool(interval and last is not None and time.monotonic() - last < interval / 2)
+        result = self.pool.publish(rows, *item, burst=burst)
         if result == "full":
             rows.blocked = True  # set before looking again, so an opening buffer wakes us
-            result = self.pool.publish(rows, *item)
+            result = self.pool.publish(rows, *item, burst=burst)
             if result == "full":
                 return False
             rows.blocked = False

@@ -361,3 +361,21 @@ def test_compiled_and_reference_writers_assemble_the_same_batches(small_video, p
         assert diff <= 2, f"{pix_fmt}: max difference {diff}"
         for b in batches:
             b.release()
+
+
+def test_latest_keeps_a_burst_for_consecutive_batches_and_replaces_otherwise():
+    p = pool("a")
+    rows = p.rows("a")
+    p.publish(rows, frame(1), 1)
+    p.publish(rows, frame(2), 2, burst=True)  # left the decoder with frame 1
+    p.publish(rows, frame(3), 3, burst=True)
+    p.publish(rows, frame(4), 4)  # a steady frame replaces the newest
+    got = []
+    for _ in range(3):
+        batch = p.seal(timeout=0.05)
+        if batch is None:
+            break
+        with batch:
+            got.append(int(batch.indices[0]))
+    assert got == [1, 2, 4]
+    assert p.counters("a")["replaced"] == 1
