@@ -14,6 +14,10 @@ sealer closes a buffer first and then waits for any writer that announced it. Un
 both orders are seen by both sides, so a buffer is never written once it belongs to a Batch.
 Adding, removing or moving a camera freezes only the rows it touches, for one row copy.
 Decoders take the sealer's condition only to wake it, once per camera per batch.
+
+The rows are the ring: a separate ring of frame records beside them would only say what the
+rows' own metadata already says, and under ``"latest"`` a record cannot be replaced in place by
+its producer, so keeping it would need the lock this design does without.
 """
 
 from __future__ import annotations

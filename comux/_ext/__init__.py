@@ -1,7 +1,7 @@
 """The compiled core. Importing it fails with instructions when it was never built."""
 
 try:
-    from . import convert, ring
+    from . import convert
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
         "comux's compiled core (comux._ext) is missing or was built for another Python. "
@@ -9,4 +9,4 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         "in the comux source folder; it needs a C compiler, Cython and numpy."
     ) from exc
 
-__all__ = ["convert", "ring"]
+__all__ = ["convert"]

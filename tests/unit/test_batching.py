@@ -287,21 +287,36 @@ def test_camera_changes_and_close_never_wait_for_a_waiting_seal():
     assert not sealer.is_alive() and result == [None]
 
 
-def test_writers_racing_a_sealer_never_tear_a_batch():
+@pytest.mark.parametrize("policy", ["latest", "fifo"])
+def test_writers_racing_a_sealer_and_camera_changes_never_tear_a_batch(policy):
     """Each frame is filled with one value; a torn slot would mix two of them."""
-    p = BatchPool((32, 32, 3), buffers=3, max_wait=0.001)
+    p = BatchPool((32, 32, 3), buffers=3, capacity=4, max_wait=0.001)
+    p.add("x")  # never writes; removing it moves "b" into its slot mid-race
     cams = ["a", "b"]
-    for cam in cams:
-        p.add(cam)
+    rows = {cam: p.add(cam, policy) for cam in cams}
     stop = threading.Event()
 
     def produce(cam: str) -> None:
         i = 0
         while not stop.is_set():
-            p.write(cam, np.full((32, 32, 3), i % 251, np.uint8), i)
-            i += 1
+            result = p.publish(rows[cam], np.full((32, 32, 3), i % 251, np.uint8), i)
+            if result == "written":
+                i += 1
+            else:  # fifo with every row taken: the sealer frees one soon
+                threading.Event().wait(0.0005)
+
+    def churn() -> None:  # moves a writing camera, grows the buffers, adds and removes
+        threading.Event().wait(0.05)
+        p.remove("x")
+        while not stop.is_set():
+            extra = [f"c{i}" for i in range(6)]
+            for cam in extra:
+                p.add(cam)
+            for cam in reversed(extra):
+                p.remove(cam)
 
     threads = [threading.Thread(target=produce, args=(c,)) for c in cams]
+    threads.append(threading.Thread(target=churn))
     for t in threads:
         t.start()
     last = {c: -1 for c in cams}
@@ -311,9 +326,11 @@ def test_writers_racing_a_sealer_never_tear_a_batch():
             assert batch is not None
             with batch:
                 for slot, (cam, index, f) in enumerate(batch):
-                    if f is None:
+                    if f is None or cam not in last:
                         continue
                     assert (f == index % 251).all(), "torn or mismatched slot"
+                    if policy == "fifo":
+                        assert index == last[cam] + 1, "fifo lost or repeated a frame"
                     assert index > last[cam]  # never repeated, never older
                     last[cam] = index
                     assert batch.valid[slot]
@@ -321,6 +338,7 @@ def test_writers_racing_a_sealer_never_tear_a_batch():
         stop.set()
         for t in threads:
             t.join()
+    assert min(last.values()) > 10 and p.rows("b").slot == 0
 
 
 def test_a_camera_without_its_first_frame_does_not_stall_the_others():
