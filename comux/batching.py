@@ -473,8 +473,8 @@ class BatchPool:
         and publish again (``rows.on_room`` is called when a buffer opens).
 
         A ``"latest"`` camera replaces its newest frame, unless the frame came in a ``burst``
-        with it (B-frames leave the decoder together): then it goes to the next open buffer
-        when there is one, so a model that keeps up gets each frame of the burst.
+        with the one in the filling buffer (B-frames leave the decoder together): then it goes
+        to the next buffer, so a model that keeps up gets more than the last of each burst.
         """
         while True:
             if self._frozen or rows.frozen:
@@ -489,7 +489,15 @@ class BatchPool:
             else:
                 seq = max(seq, rows.next_seq - 1)
                 newest = self._open.get(seq)
-                if burst and newest is not None and newest.written[slot] and seq + 1 in self._open:
+                # One buffer ahead at most: a camera catching up (every frame a "burst")
+                # must not fill the model's next batches with old frames.
+                if (
+                    burst
+                    and seq == self._filling_seq
+                    and newest is not None
+                    and newest.written[slot]
+                    and seq + 1 in self._open
+                ):
                     seq += 1
             buf = self._open.get(seq)
             if buf is None:

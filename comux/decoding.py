@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import statistics
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Literal, Protocol, cast
 
 import av
@@ -72,14 +74,22 @@ class DecoderConfig:
 
 @dataclass
 class CameraStats:
-    """Counters of one camera; every frame or packet not delivered is counted somewhere here."""
+    """Counters of one camera; every frame or packet not delivered is counted somewhere here.
+
+    ``invalid_after_error`` frames were decoded but are handed on as None: the decoder still
+    held them when a packet failed, so they may reference broken pictures.
+    ``keyframe_mismatch`` counts packets whose ``keyframe`` header disagrees with the bitstream
+    (or is not a boolean); the bitstream wins.
+    """
 
     packets: int = 0
     frames: int = 0
     delivered: int = 0
     decode_errors: int = 0
+    invalid_after_error: int = 0
     empty_packets: int = 0
     skipped_before_keyframe: int = 0
+    keyframe_mismatch: int = 0
     lag_dropped: int = 0
     lag_unread: int = 0
     rate_limited: int = 0
@@ -95,12 +105,32 @@ class CameraStats:
 
 FrameCallback = Callable[[int, "av.VideoFrame | None", Message], None]
 
+# Header values gateways use for the keyframe hint; anything else is malformed.
+_KEYFRAME_HINTS = {b"1": True, b"true": True, b"0": False, b"false": False}
+_INTERVAL_SAMPLES = 16
+_PTS_LIMIT = 2**63 - 1
+# A capture clock that goes back further than this means the camera restarted.
+_RESTART_S = 1.0
+
+
+def _time_base(value: bytes) -> tuple[int, int] | None:
+    """``b"1/25"`` (or ``b"0.04"``) as (numerator, denominator); None when unusable."""
+    try:
+        tb = Fraction(value.decode("ascii").strip())
+    except (ValueError, ZeroDivisionError, UnicodeDecodeError):
+        return None
+    return (tb.numerator, tb.denominator) if tb > 0 else None
+
 
 class CameraDecoder:
     """Decode one camera's packets in order and hand each frame, at the output size, to ``deliver``.
 
     The Kafka message rides through the decoder as the packet's ``opaque``, so a frame that the
     decoder returns late (B-frames) still carries the offset and the bytes of its own packet.
+
+    Only intact frames are delivered: after any failure every frame up to the next keyframe
+    (decided from the bitstream, the ``keyframe`` header is only a hint) is delivered as None.
+    ``frame_interval`` is the camera's learned frame interval in seconds (None until known).
     """
 
     def __init__(
@@ -120,7 +150,6 @@ class CameraDecoder:
         self._ctx = self._open()
         self._scaler = VideoReformatter()
         self._await_keyframe = True
-        self._next_due = 0.0
         self.closed = False
         self.max_offset_diff: int | None = None  # set by the consumer; per camera via update
         self.skip_below = -1
@@ -128,6 +157,13 @@ class CameraDecoder:
         self.last_offset = -1
         self.gop = 0
         self._last_key_offset = -1
+        self._mismatch_logged = False
+        self._time_base: tuple[int, int] | None = None
+        self._time_base_raw: bytes | None = None
+        self.frame_interval: float | None = None
+        self._deltas: deque[float] = deque(maxlen=_INTERVAL_SAMPLES)
+        self._last_t: float | None = None
+        self._next_due: float | None = None
 
     def _open(self) -> av.VideoCodecContext:
         ctx = cast(av.VideoCodecContext, av.CodecContext.create(self._codec_name, "r"))
@@ -137,6 +173,7 @@ class CameraDecoder:
 
     def set_rate(self, rate: float | None) -> None:
         self.config = dataclasses.replace(self.config, rate=rate)
+        self._next_due = None  # a due time of the old rate could hold the new one back
 
     def decode(self, msg: Message) -> None:
         """Decode one message; count, never raise, on bad input."""
@@ -157,7 +194,10 @@ class CameraDecoder:
             self.stats.empty_packets += 1
             self._fail(msg, "empty packet")
             return
-        key, pts = self._read_headers(msg, data)
+        key = is_keyframe(data, self._codec_name)
+        hint, pts = self._read_headers(msg)
+        if hint is not None and _KEYFRAME_HINTS.get(hint.strip().lower()) is not key:
+            self._keyframe_mismatch(offset, hint, key)
         if key:
             if self._last_key_offset >= 0:
                 self.gop = offset - self._last_key_offset
@@ -167,8 +207,12 @@ class CameraDecoder:
                 self.stats.skipped_before_keyframe += 1
                 return
             self._await_keyframe = False
+        seconds = None
+        if pts is not None and self._time_base is not None:
+            num, den = self._time_base
+            seconds = pts * num / den
         packet = av.Packet(data)
-        packet.opaque = msg
+        packet.opaque = (msg, seconds)
         packet.pts = pts  # the decoder carries it to the frame, reordered with it
         try:
             frames = self._ctx.decode(packet)
@@ -178,36 +222,61 @@ class CameraDecoder:
         for frame in frames:
             self._frame(frame)
 
-    def _read_headers(self, msg: Message, data: bytes) -> tuple[bool, int | None]:
-        """Keyframe flag and pts from the headers; the bitstream tells the flag when absent."""
-        key: bool | None = None
+    def _read_headers(self, msg: Message) -> tuple[bytes | None, int | None]:
+        """The raw keyframe hint and the pts; a time_base header is remembered for the camera."""
+        hint: bytes | None = None
         pts: int | None = None
         for name, value in msg.headers() or ():
+            if not isinstance(value, bytes):
+                continue
             if name == "keyframe":
-                key = value in (b"1", b"true", b"True")
+                hint = value
             elif name == "pts":
                 try:
                     pts = int(value)
-                except (TypeError, ValueError):
-                    pass
-        if key is None:
-            key = is_keyframe(data, self._codec_name)
-        return key, pts
+                except ValueError:
+                    continue
+                if not -_PTS_LIMIT < pts < _PTS_LIMIT:
+                    pts = None  # FFmpeg's pts is an int64; AV_NOPTS_VALUE is its minimum
+            elif name == "time_base" and value != self._time_base_raw:
+                self._time_base_raw = value
+                # A malformed value keeps the last good one: pts would jump otherwise.
+                self._time_base = _time_base(value) or self._time_base
+        return hint, pts
+
+    def _keyframe_mismatch(self, offset: int, hint: bytes, key: bool) -> None:
+        self.stats.keyframe_mismatch += 1
+        if not self._mismatch_logged:
+            # A gateway that gets the flag wrong gets it wrong on every packet: say it once.
+            self._mismatch_logged = True
+            log.warning(
+                "camera %s: offset %d: keyframe header %r but the bitstream says %s; "
+                "trusting the bitstream (logged once per camera)",
+                self.cam_id,
+                offset,
+                hint[:16],
+                "keyframe" if key else "no keyframe",
+            )
 
     def _frame(self, frame: av.VideoFrame) -> None:
-        msg = cast(Message, frame.opaque)
         self.stats.frames += 1
+        if frame.opaque is None:
+            return  # the decoder made this frame up (a concealed reference): no packet, no slot
+        msg, seconds = cast("tuple[Message, float | None]", frame.opaque)
+        t = self._clock() if seconds is None else seconds
+        self._observe(t)
+        if self._await_keyframe:
+            # Held by the decoder when a packet failed (see _drain): it may show broken pictures.
+            self.stats.invalid_after_error += 1
+            self._deliver(msg.offset(), None, msg)
+            return
         if frame.is_corrupt:
             self._fail(msg, "corrupt frame (missing or damaged data)")
             return
         rate = self.config.rate
-        if rate is not None:
-            now = self._clock()
-            if now < self._next_due:
-                self.stats.rate_limited += 1
-                return
-            # Keep a steady cadence but never bank credit for frames that did not come.
-            self._next_due = max(self._next_due + 1.0 / rate, now - 0.5 / rate)
+        if rate is not None and not self._due(t, rate):
+            self.stats.rate_limited += 1
+            return
         if frame.width != self.config.width or frame.height != self.config.height:
             # Scale only; the batch writer converts the colours straight into the slot.
             frame = self._scaler.reformat(
@@ -220,12 +289,59 @@ class CameraDecoder:
         self.stats.delivered += 1
         self._deliver(msg.offset(), frame, msg)
 
+    def _observe(self, t: float) -> None:
+        """Learn the frame interval from capture times; the median shrugs off gaps and jitter."""
+        last, self._last_t = self._last_t, t
+        if last is None:
+            return
+        delta = t - last
+        if delta > 0:
+            self._deltas.append(delta)
+            self.frame_interval = statistics.median(self._deltas)
+        elif delta < -_RESTART_S:
+            self._next_due = None  # the camera restarted: its old due time means nothing now
+
+    def _due(self, t: float, rate: float) -> bool:
+        """Whether the frame captured at ``t`` is due under ``rate``, on the camera's clock.
+
+        Due times step evenly by 1/rate, so the delivered frames are evenly spaced however the
+        decoder bunches its output; a quarter frame of slack keeps pts jitter from skipping one.
+        """
+        period = 1.0 / rate
+        due = self._next_due
+        if due is None or t - due > period:
+            # The first frame, or one after a gap: never bank credit for frames that did not come.
+            self._next_due = t + period
+            return True
+        slack = 1e-6 + 0.25 * (self.frame_interval or 0.0)
+        if t < due - slack:
+            return False
+        self._next_due = due + period
+        return True
+
     def _fail(self, msg: Message, reason: str) -> None:
         self.stats.decode_errors += 1
         self.stats.last_error = reason
-        self._await_keyframe = True
         log.warning("camera %s: offset %d: %s", self.cam_id, msg.offset(), reason)
         self._deliver(msg.offset(), None, msg)
+        if not self._await_keyframe:
+            self._await_keyframe = True
+            self._drain()
+
+    def _drain(self) -> None:
+        """Hand out the frames the decoder still holds (as invalid) and reset its references.
+
+        Flushing, unlike reopening, keeps the parameter sets: a camera that sends SPS/PPS only
+        once still decodes from its next keyframe.
+        """
+        try:
+            held = self._ctx.decode(None)
+            self._ctx.flush_buffers()
+        except av.FFmpegError:
+            held = []
+            self._ctx = self._open()
+        for frame in held:
+            self._frame(frame)
 
 
 class PacketCache:
