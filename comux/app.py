@@ -522,7 +522,7 @@ class Comux:
     def close(self, timeout: float = 10.0) -> None:
         """Stop every thread (bounded by ``timeout``), flush results and close the clients."""
         # Never wait on another thread's setup for long: closing must work from any thread.
-        locked = self._lock.acquire(timeout=min(1.0, timeout / 10))
+        locked = self._lock.acquire(timeout=timeout / 10)
         try:
             if self._closed:
                 return
@@ -533,11 +533,11 @@ class Comux:
             if self.registry is not None:
                 self.registry.close()
             if self.control is not None:
-                self.control.kill(timeout / 4)
+                self.control.kill(timeout / 5)
             if self._consumer is not None:
-                self._consumer.close(timeout / 2)
+                self._consumer.close(timeout * 2 / 5)
             if self._producer is not None:
-                self._producer.close(timeout / 4)
+                self._producer.close(timeout / 5)
         finally:
             if locked:
                 self._lock.release()

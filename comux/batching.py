@@ -573,7 +573,7 @@ class BatchPool:
                 if due > 0:
                     wait = due if wait is None else min(wait, due)
                     continue
-                rows.stalled_since = now
+                rows.stalled_since = rows.last_frame_at  # silent since its last frame
                 rows.stalls += 1
                 log.warning(
                     "camera %s went silent: no frame for %.2f s",

@@ -76,10 +76,11 @@ class Camera:
 
     def _join(self) -> CameraRows:
         rows = self.pool.add(self.cam_id, self.policy)
-        rows.on_room = self._wake
+        rows.on_room = self.wake
         return rows
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Give the camera a turn on its worker."""
         if self.worker is not None:
             self.worker.schedule(self)
 
@@ -95,7 +96,7 @@ class Camera:
 
     def join_batches(self) -> None:
         self.rows = self._join()
-        self._wake()
+        self.wake()
 
     def close(self) -> None:
         self.closed = True
@@ -132,7 +133,7 @@ class Camera:
         if self.fetch_paused and len(self.inbox) <= self.depth // 2 and self.on_fetch:
             self.on_fetch(self)
         if self.inbox and not self._held:
-            self._wake()
+            self.wake()
 
     def _deliver(self, index: int, frame: av.VideoFrame | None, msg: Message) -> None:
         self.cache.put(index, msg)

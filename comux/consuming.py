@@ -25,7 +25,7 @@ from .camera import Camera
 from .config import TopicSchema, redact
 from .errors import BrokerUnavailableError
 
-__all__ = ["ConsumerSettings", "CameraConsumer", "DecodeWorker", "check_broker"]
+__all__ = ["ConsumerSettings", "CameraConsumer", "DecodeWorker", "check_broker", "close_within"]
 
 log = logging.getLogger("comux.consuming")
 
@@ -88,6 +88,20 @@ def check_broker(client: Any, servers: str, timeout: float) -> None:
         ) from None
     if not metadata.brokers:
         raise BrokerUnavailableError(f"no Kafka broker answered at {servers} within {timeout:g} s")
+
+
+def close_within(consumer: Consumer, timeout: float) -> None:
+    """Close a consumer, waiting at most ``timeout``: leaving the group waits on the broker."""
+
+    def close() -> None:
+        try:
+            consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("closing a consumer: %s", exc)
+
+    closer = threading.Thread(target=close, name="comux-close", daemon=True)
+    closer.start()
+    closer.join(max(0.0, timeout))
 
 
 class DecodeWorker(threading.Thread):
@@ -262,7 +276,7 @@ class CameraConsumer:
             if worker.is_alive():
                 worker.join(max(0.0, deadline - time.monotonic()))
         if not self._thread.is_alive():
-            self._consumer.close()
+            close_within(self._consumer, deadline - time.monotonic())
 
     def _run(self) -> None:
         next_lag_check = 0.0
@@ -310,6 +324,7 @@ class CameraConsumer:
         if camera.offer(msg) and not camera.fetch_paused:
             camera.fetch_paused = True
             self._apply_pause(camera)
+            camera.wake()  # its worker may have emptied the queue meanwhile: look again
 
     def _check_lag(self) -> None:
         """Jump cameras that fell more than their ``max_offset_diff`` behind to near the end."""

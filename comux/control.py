@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from .config import redact, resolve_bootstrap_servers
-from .consuming import check_broker
+from .consuming import check_broker, close_within
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -305,12 +305,13 @@ class Control:
 
     def kill(self, timeout: float = 5.0) -> None:
         """Stop the control thread; consuming control messages stops with it."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(timeout / 2)
         if self._thread is None or not self._thread.is_alive():
-            self._consumer.close()
-        self._producer.flush(timeout)
+            close_within(self._consumer, (deadline - time.monotonic()) / 2)
+        self._producer.flush(max(0.0, deadline - time.monotonic()))
 
     @property
     def offset(self) -> int | None:

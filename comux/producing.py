@@ -147,8 +147,8 @@ class ResultProducer:
         return self._producer.flush(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        remaining = self.flush(timeout)
+        remaining = self.flush(timeout * 0.9)
         if remaining:
             log.error("%d results were not delivered before close", remaining)
         self._stop.set()
-        self._thread.join(1.0)
+        self._thread.join(timeout * 0.1)
