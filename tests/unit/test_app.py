@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -84,3 +85,44 @@ def test_bad_decoder_settings_are_refused_at_setup():
         cameras.setup_decoders(W=64, H=64, policy="newest")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="width"):
         cameras.setup_decoders(W=63, H=64)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("fifo_depth", 0), ("fifo_depth", 2.5), ("stall_timeout", -1), ("buffers", 1)],
+)
+def test_bad_batching_settings_name_the_setting(setting, value):
+    with pytest.raises(ConfigError, match=setting):
+        Comux(["a"]).setup_decoders(W=64, H=64, **{setting: value})
+
+
+def test_default_policy_follows_where_consuming_starts():
+    for end, policy in ((True, "latest"), (False, "fifo")):
+        with Comux(["a"]) as cameras:
+            cameras.setup_consumers(
+                "127.0.0.1:1", end=end, strict_on_fail=False, connect_timeout=0.1
+            )
+            cameras.setup_decoders(W=64, H=64)
+            cameras.start()
+            assert cameras._pool.rows("a").policy == policy
+    with Comux(["a"]) as cameras:  # an explicit policy wins
+        cameras.setup_consumers("127.0.0.1:1", end=False, strict_on_fail=False, connect_timeout=0.1)
+        cameras.setup_decoders(W=64, H=64, policy="latest")
+        cameras.start()
+        assert cameras._pool.rows("a").policy == "latest"
+
+
+def test_close_returns_within_its_timeout_while_a_model_waits():
+    cameras = Comux(["a"])
+    cameras.setup_consumers("127.0.0.1:1", strict_on_fail=False, connect_timeout=0.1)
+    cameras.setup_decoders(W=64, H=64)
+    cameras.start()
+    waiting = threading.Thread(target=cameras.get_batch, kwargs={"timeout": 30})
+    waiting.start()
+    start = time.monotonic()
+    cameras.close(timeout=2)
+    assert time.monotonic() - start < 2.5
+    waiting.join(2)
+    assert not waiting.is_alive()  # close() woke the model's get_batch
+    with pytest.raises(StateError, match="closed"):
+        cameras.get_batch(timeout=0)
