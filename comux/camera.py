@@ -29,6 +29,7 @@ __all__ = ["Camera", "Scheduler"]
 log = logging.getLogger("comux.camera")
 
 _BURST = 8  # packets decoded per turn, so cameras sharing a worker take turns
+REPLAY_SILENCE, LIVE_SILENCE = 0.2, 1.0  # see Camera.silent_for
 
 
 class Scheduler(Protocol):
@@ -68,6 +69,9 @@ class Camera:
         self.user_paused = False
         self.armed = False  # max_offset_diff applies (from the start, or once caught up)
         self.on_fetch: Callable[[Camera], None] | None = None  # asks the poll thread to resume
+        self.last_packet_at = time.monotonic()
+        self.arrival_gap = 1.0  # seconds between packets, smoothed
+        self.flush_due = False  # its topic ended: hand out what the decoder holds back
         self.closed = False
         self.rows: CameraRows = self._join()
 
@@ -108,9 +112,23 @@ class Camera:
     def offer(self, msg: Message) -> bool:
         """Queue one message for the decoder; True when the partition should pause."""
         self.inbox.append(msg)
+        now = time.monotonic()
+        self.arrival_gap = 0.9 * self.arrival_gap + 0.1 * (now - self.last_packet_at)
+        self.last_packet_at = now
         if self.worker is not None:
             self.worker.schedule(self)
         return len(self.inbox) >= self.depth
+
+    def silent_for(self) -> float:
+        """Seconds without a packet after which its stream counts as stopped.
+
+        A backlog read faster than real time has ended when packets stop for a moment; a live
+        camera gets a second, since a network hiccup must not cost it a GOP.
+        """
+        interval = self.decoder.frame_interval
+        if interval and self.arrival_gap < interval / 2:
+            return REPLAY_SILENCE
+        return LIVE_SILENCE
 
     # -- decode worker -----------------------------------------------------------------------
 
@@ -130,6 +148,9 @@ class Camera:
             self.decoder.decode(msg)
             if self._held:
                 break
+        if self.flush_due and not self.inbox and not self._held:
+            self.flush_due = False
+            self.decoder.flush()
         if self.fetch_paused and len(self.inbox) <= self.depth // 2 and self.on_fetch:
             self.on_fetch(self)
         if self.inbox and not self._held:

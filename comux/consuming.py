@@ -215,7 +215,16 @@ class CameraConsumer:
         if not partitions or self._cameras.get(camera.cam_id) is not camera:
             return
         try:
-            (self._consumer.pause if paused else self._consumer.resume)(partitions)
+            if paused:
+                self._consumer.pause(partitions)
+            else:
+                self._consumer.resume(partitions)
+                # Pausing dropped what librdkafka had prefetched; a seek to the next offset
+                # makes it fetch again at once rather than at its next idle wake-up (~1 s).
+                for tp in partitions:
+                    offset = self._next_fetch.get((tp.topic, tp.partition))
+                    if offset is not None:
+                        self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
         except KafkaException as exc:
             log.warning("%s %s failed: %s", "pause" if paused else "resume", camera.topic, exc)
             return
@@ -327,14 +336,34 @@ class CameraConsumer:
             camera.wake()  # its worker may have emptied the queue meanwhile: look again
 
     def _check_lag(self) -> None:
-        """Jump cameras that fell more than their ``max_offset_diff`` behind to near the end."""
+        """Jump cameras too far behind to near the end; flush those whose topic ended.
+
+        Flushing hands out the frames a decoder holds back for B-frames, which would otherwise
+        wait for the next packet; the camera then decodes again from its next keyframe.
+        """
+        now = time.monotonic()
         for topic, partition in list(self._next_fetch):
             try:
                 camera = self._cameras.get(self.schema.cam_id(topic))
             except ValueError:
                 continue
-            if camera is not None:
-                self._maybe_jump(camera, partition, camera.decoder.last_offset)
+            if camera is None:
+                continue
+            self._maybe_jump(camera, partition, camera.decoder.last_offset)
+            if (
+                camera.decoder.holds_frames
+                and not camera.inbox
+                and now - camera.last_packet_at > camera.silent_for()
+                and self._at_end(topic, partition, camera.decoder.last_offset)
+            ):
+                camera.flush_due = True
+                camera.wake()
+
+    def _at_end(self, topic: str, partition: int, offset: int) -> bool:
+        _, high = self._consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), cached=True
+        )
+        return high is not None and high == offset + 1
 
     def _maybe_jump(self, camera: Camera, partition: int, done: int) -> None:
         """Seek near the end when the offset decoded last, ``done``, is too far behind.

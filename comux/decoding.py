@@ -148,6 +148,7 @@ class CameraDecoder:
         self._deliver = deliver
         self._codec_name = CODECS[config.codec.lower()]
         self._ctx = self._open()
+        self._in_decoder = 0  # packets in, minus frames out
         self._scaler = VideoReformatter()
         self._await_keyframe = True
         self.closed = False
@@ -187,6 +188,7 @@ class CameraDecoder:
             self._synced_to = self.skip_below
             self._await_keyframe = True
             self._ctx = self._open()
+            self._in_decoder = 0
         self.last_offset = offset
         data = msg.value()
         if not data:
@@ -214,13 +216,38 @@ class CameraDecoder:
         packet = av.Packet(data)
         packet.opaque = (msg, seconds)
         packet.pts = pts  # the decoder carries it to the frame, reordered with it
+        self._in_decoder += 1
         try:
             frames = self._ctx.decode(packet)
         except av.FFmpegError as exc:
             self._fail(msg, f"{type(exc).__name__}: {exc}")
             return
         for frame in frames:
+            self._in_decoder -= 1
             self._frame(frame)
+
+    @property
+    def holds_frames(self) -> bool:
+        """Whether packets went in whose frames have not come out (B-frame delay)."""
+        return self._in_decoder > 0
+
+    def flush(self) -> None:
+        """Hand out the frames held back for B-frames, once the stream has stopped.
+
+        Its references go with them, so the next packet decodes from the next keyframe.
+        """
+        if self._await_keyframe or not self.holds_frames:
+            return
+        try:
+            held = self._ctx.decode(None)
+            self._ctx.flush_buffers()
+        except av.FFmpegError:
+            held = []
+            self._ctx = self._open()
+        self._in_decoder = 0
+        for frame in held:
+            self._frame(frame)
+        self._await_keyframe = True
 
     def _read_headers(self, msg: Message) -> tuple[bytes | None, int | None]:
         """The raw keyframe hint and the pts; a time_base header is remembered for the camera."""
@@ -340,6 +367,7 @@ class CameraDecoder:
         except av.FFmpegError:
             held = []
             self._ctx = self._open()
+        self._in_decoder = 0
         for frame in held:
             self._frame(frame)
 

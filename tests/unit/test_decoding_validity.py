@@ -373,3 +373,24 @@ def test_malformed_headers_never_raise_and_the_bitstream_still_decides(video, he
         dec.decode(FakeMessage(msg.value(), msg.offset(), _headers=headers))
     assert dec.stats.skipped_before_keyframe == 0
     assert sink.valid() and dec.stats.decode_errors == 0
+
+
+def test_flush_hands_out_the_frames_held_for_b_frames_then_waits_for_a_keyframe():
+    clip = list(synthetic_packets(320, 240, 3 * GOP, fps=FPS, gop=GOP, bframes=2))
+    msgs = messages(clip)
+    dec, sink = decoder()
+    for msg in msgs[:GOP]:
+        dec.decode(msg)
+    assert dec.holds_frames and len(sink.valid()) < GOP
+    dec.flush()
+    assert not dec.holds_frames
+    assert sorted(item.offset for item in sink.valid()) == list(range(GOP))
+    before = len(sink.items)
+    for msg in msgs[GOP + 1 : 2 * GOP]:  # its references went with the flush
+        dec.decode(msg)
+    assert len(sink.items) == before and dec.stats.skipped_before_keyframe == GOP - 1
+    for msg in msgs[2 * GOP :]:
+        dec.decode(msg)
+    dec.flush()
+    assert sorted(item.offset for item in sink.valid(before)) == list(range(2 * GOP, 3 * GOP))
+    assert dec.stats.invalid_after_error == 0 and dec.stats.decode_errors == 0
