@@ -196,12 +196,24 @@ class CameraConsumer:
         # member on the broker that stalls the whole group until the broker gives up on it.
         self._subscription_dirty = True
 
-    def pause(self, cam_id: str, pause: bool = True) -> None:
-        """Stop (or restart) fetching ``cam_id``'s partitions for the user (control ``pause``)."""
+    def pause(self, cam_id: str, pause: bool = True, timeout: float = 1.0) -> None:
+        """Stop (or restart) fetching ``cam_id``'s partitions for the user (control ``pause``).
+
+        Returns once the poll thread has done it, or after ``timeout``.
+        """
         camera = self._cameras.get(cam_id)
-        if camera is not None:
-            camera.user_paused = pause
-            self._commands.put(lambda: self._apply_pause(camera))
+        if camera is None:
+            return
+        camera.user_paused = pause
+        done = threading.Event()
+
+        def apply() -> None:
+            self._apply_pause(camera)
+            done.set()
+
+        self._commands.put(apply)
+        if self._thread.is_alive():
+            done.wait(timeout)
 
     def _request_resume(self, camera: Camera) -> None:
         """Called by a decode worker once the camera's queue has room again."""
@@ -221,7 +233,9 @@ class CameraConsumer:
                 self._consumer.resume(partitions)
                 # Pausing dropped what librdkafka had prefetched; a seek to the next offset
                 # makes it fetch again at once rather than at its next idle wake-up (~1 s).
+                # A camera that fell too far behind while paused jumps instead.
                 for tp in partitions:
+                    self._maybe_jump(camera, tp.partition, camera.decoder.last_offset, fresh=True)
                     offset = self._next_fetch.get((tp.topic, tp.partition))
                     if offset is not None:
                         self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
@@ -365,7 +379,7 @@ class CameraConsumer:
         )
         return high is not None and high == offset + 1
 
-    def _maybe_jump(self, camera: Camera, partition: int, done: int) -> None:
+    def _maybe_jump(self, camera: Camera, partition: int, done: int, fresh: bool = False) -> None:
         """Seek near the end when the offset decoded last, ``done``, is too far behind.
 
         A camera started at the earliest offset reads its backlog first: the limit applies
@@ -375,9 +389,13 @@ class CameraConsumer:
         limit = decoder.max_offset_diff
         if limit is None or done < decoder.skip_below:
             return  # never jumps, or still catching up with the previous jump
-        _, high = self._consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), cached=True
-        )
+        try:  # cached: what the last fetch said; fresh: ask the broker (a paused partition)
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), cached=not fresh, timeout=1.0
+            )
+        except KafkaException as exc:
+            log.debug("watermarks of %s[%d]: %s", topic, partition, exc)
+            return
         if high is None or high < 0:
             return
         if high - 1 - done <= limit:
