@@ -1,12 +1,14 @@
-"""The three end-to-end pipelines the end-to-end benchmark compares, on the same Kafka backlog.
+"""The end-to-end pipelines the end-to-end benchmark compares, on the same Kafka backlog.
 
 Each ``run_*`` consumes (or decodes) every camera's whole backlog once and returns a
 :class:`~benchmarks._common.Sample` whose clock starts when the pipeline's FIRST frame is done
-(decoded and converted) and stops when the pipeline has the LAST frame of every camera:
+(decoded and converted) and stops when the pipeline's caller has the LAST frame of every camera:
 
 * wall: perf_counter seconds; cpu: ``time.process_time`` seconds (this process, all threads:
   librdkafka's, the decoders', the caller's; the broker is another process, reported apart);
-* units: frames decoded and converted after the first one.
+* units: frames the caller received after the first one: for comux and naive, frames that were
+  in a batch the caller's loop got (valid slots); the ceilings have no batches, so for them
+  every frame decoded and converted counts (that is what a ceiling is).
 
 Starting at the first frame keeps the consumer group join, topic metadata and thread start-up
 (the same for any pipeline, and not what is being compared) out of the numbers.
@@ -21,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import av
 import numpy as np
@@ -85,6 +87,62 @@ def _check_done(first: FirstFrame, name: str) -> tuple[float, float]:
     return first.at
 
 
+class Received:
+    """The Kafka offsets of every frame a caller received, per camera, in arrival order.
+
+    A fifo run must hand over every offset exactly once, in order; :meth:`check` says whether
+    it did (recorded, never asserted: losing or repeating frames is the library's failure,
+    and the numbers are worth keeping either way).
+    """
+
+    def __init__(self, cams: Sequence[str]) -> None:
+        self.offsets: dict[str, list[int]] = {c: [] for c in cams}
+
+    def add(self, cam: str, offset: int) -> None:
+        self.offsets.setdefault(cam, []).append(offset)
+
+    def add_batch(self, batch: Any) -> int:
+        """Record the valid slots of a comux ``Batch``; returns how many there were."""
+        n = 0
+        for cam, index, ok in zip(
+            batch.cam_ids, batch.indices.tolist(), batch.valid.tolist(), strict=True
+        ):
+            if ok:
+                self.add(cam, index)
+                n += 1
+        return n
+
+    @property
+    def total(self) -> int:
+        return sum(len(v) for v in self.offsets.values())
+
+    def check(self, last: Mapping[str, int]) -> dict[str, Any]:
+        """Offsets 0..last[cam] each exactly once per camera, in order? What went wrong, counted."""
+        totals = {"missing": 0, "duplicates": 0, "unexpected": 0, "out_of_order": 0}
+        wrong: dict[str, dict[str, int]] = {}
+        for cam, end in last.items():
+            got = self.offsets.get(cam, [])
+            seen, expected = set(got), set(range(end + 1))
+            counts = {
+                "missing": len(expected - seen),
+                "duplicates": len(got) - len(seen),
+                "unexpected": len(seen - expected),
+                "out_of_order": sum(1 for a, b in zip(got, got[1:], strict=False) if b <= a),
+            }
+            for key, n in counts.items():
+                totals[key] += n
+            if any(counts.values()):
+                wrong[cam] = {"received": len(got), **counts}
+        return {
+            "every_offset_once": not (
+                totals["missing"] or totals["duplicates"] or totals["unexpected"]
+            ),
+            "in_order": totals["out_of_order"] == 0,
+            **totals,
+            "cameras_wrong": wrong,
+        }
+
+
 # -- comux -------------------------------------------------------------------------------------
 
 
@@ -96,22 +154,31 @@ def run_comux(
     width: int,
     height: int,
     threads: int,
+    *,
+    policy: Literal["latest", "fifo"] = "fifo",
     timeout: float = 300.0,
+    stall_s: float = 20.0,
     writer: Callable[[Any, np.ndarray], None] | None = None,
 ) -> Sample:
-    """``Comux`` with ``decode_threads`` workers, ``get_batch(stacked=True)`` to the last frames.
+    """``Comux`` with ``decode_threads`` workers, ``get_batch(stacked=True)`` until the caller
+    has had every camera's last offset in a batch; only valid slots of those batches count.
 
-    ``writer`` replaces the pool's frame writer (what-if experiments only; None: comux's own).
+    ``policy="fifo"`` (the throughput runs): every frame must reach a batch, so the run also
+    checks that each offset arrived exactly once (``extra["offsets"]``, recorded only).
+    Raises TimeoutError when no frame arrived for ``stall_s`` seconds (a lost last frame, a
+    stalled batch) or after ``timeout``. ``writer`` replaces the pool's frame writer
+    (what-if experiments only; None: comux's own).
     """
     from comux.app import Comux
 
     first = FirstFrame()
+    got = Received(cams)
     cx = Comux(list(cams), consume_schema=template, decode_threads=threads)
     batches = 0
     try:
         options: dict[str, Any] = {"group.id": f"bench-comux-{uuid.uuid4().hex}"}
         cx.setup_consumers(bootstrap, end=False, max_offset_diff=None, **options)
-        cx.setup_decoders(rate=None, W=width, H=height)
+        cx.setup_decoders(rate=None, W=width, H=height, policy=policy)
         # Mark the first frame written into a slot (a thin wrapper around the pool's writer);
         # without that hook the first batch's write stamps stand in, a little later.
         pool: Any = getattr(cx, "_pool", None)
@@ -123,50 +190,57 @@ def run_comux(
         if hooked:
             pool._writer = first.wrap(inner)
         remaining = set(cams)
-        deadline = time.perf_counter() + timeout
         cx.start()
+        begun = progress = time.perf_counter()
         last_batch, max_gap = None, 0.0
         while remaining:
             batch = cx.get_batch(timeout=0.005, stacked=True)
+            now = time.perf_counter()
             if batch is None:
-                if time.perf_counter() > deadline:
+                if now - progress > stall_s or now - begun > timeout:
                     raise TimeoutError(
-                        f"comux: still waiting for {sorted(remaining)}: {cx.stats()}"
+                        f"comux ({policy}): no frame for {now - progress:.1f} s; still waiting "
+                        f"for the last offset of {sorted(remaining)}; received "
+                        f"{ {c: len(v) for c, v in got.offsets.items()} }; stats {cx.stats()}"
                     )
                 continue
-            batches += 1
-            now = time.perf_counter()
-            if last_batch is not None:
-                max_gap = max(max_gap, now - last_batch)
-            last_batch = now
-            if not hooked and first.at is None:
-                stamps = batch.timestamps[batch.valid]
-                if stamps.size:
-                    ago = time.time() - float(stamps.min())
-                    first.at = (time.perf_counter() - ago, time.process_time())
-            for cam, index, ok in zip(
-                batch.cam_ids, batch.indices.tolist(), batch.valid.tolist(), strict=True
-            ):
-                if ok and index >= last[cam]:
-                    remaining.discard(cam)
-            batch.release()
+            with batch:
+                batches += 1
+                if last_batch is not None:
+                    max_gap = max(max_gap, now - last_batch)
+                last_batch = now
+                if not hooked and first.at is None:
+                    stamps = batch.timestamps[batch.valid]
+                    if stamps.size:
+                        ago = time.time() - float(stamps.min())
+                        first.at = (time.perf_counter() - ago, time.process_time())
+                if got.add_batch(batch):
+                    progress = now
+                for cam, index, ok in zip(
+                    batch.cam_ids, batch.indices.tolist(), batch.valid.tolist(), strict=True
+                ):
+                    if ok and index >= last[cam]:
+                        remaining.discard(cam)
         t1, c1 = time.perf_counter(), time.process_time()
         stats = cx.stats()
     finally:
         cx.close()
     t0, c0 = _check_done(first, "comux")
-    delivered = sum(s["delivered"] for s in stats.values())
-    errors = sum(s["decode_errors"] for s in stats.values())
-    replaced = sum(s.get("replaced", 0) for s in stats.values())
+    received = got.total
     return Sample(
         t1 - t0,
         c1 - c0,
-        delivered - 1,
+        received - 1,
         {
-            "frames": delivered,
+            "frames": received,  # valid slots of the batches the caller got
+            # the old headline: frames converted into a slot (stats "delivered"); under
+            # "latest" most of them are replaced before any batch holds them
+            "frames_decoded": sum(s.get("delivered", 0) for s in stats.values()),
+            "offsets": got.check(last),
             "batches": batches,
-            "decode_errors": errors,
-            "replaced": replaced,
+            "policy": policy,
+            "decode_errors": sum(s.get("decode_errors", 0) for s in stats.values()),
+            "replaced": sum(s.get("replaced", 0) for s in stats.values()),
             "writer": writer_name,
             # the longest wait between two batches: a stalled camera (a late partition
             # assignment, say) shows here rather than only as a slow round
@@ -347,6 +421,17 @@ def run_ceiling_kafka(
 # -- the naive, seed-style pipeline ----------------------------------------------------------------
 
 
+def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    """Blocking put that still notices ``stop``; False when stopped first."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def run_naive(
     bootstrap: str,
     template: str,
@@ -354,15 +439,23 @@ def run_naive(
     last: Mapping[str, int],
     width: int,
     height: int,
+    *,
+    depth: int = 8,
+    wait: float = 0.05,
     timeout: float = 300.0,
+    stall_s: float = 20.0,
 ) -> Sample:
     """One thread and one confluent_kafka Consumer per camera, ``to_ndarray(format="rgb24")``,
-    a ``queue.Queue`` per camera, and a main loop that ``np.stack``s every camera's newest frame
-    (waiting until each unfinished camera has a new one)."""
+    a bounded ``queue.Queue`` per camera (``depth``, as comux's ``fifo_depth``), and a main loop
+    that ``np.stack``s the next queued frame of every camera (waiting up to ``wait`` s for each):
+    the fifo contract comux's throughput run keeps, written the obvious way. Counts the frames
+    that were in a stack, and checks their offsets like comux's run."""
     schema = TopicSchema(template)
     group = f"bench-naive-{uuid.uuid4().hex}"
     stop = threading.Event()
-    queues: dict[str, queue.Queue[tuple[int, np.ndarray]]] = {c: queue.Queue() for c in cams}
+    queues: dict[str, queue.Queue[tuple[int, np.ndarray]]] = {
+        c: queue.Queue(maxsize=depth) for c in cams
+    }
     counts: dict[str, int] = {}
     failures: list[BaseException] = []
     first = FirstFrame()
@@ -393,7 +486,8 @@ def run_naive(
                             arr = frame.to_ndarray(format="rgb24")
                         first.mark()
                         n += 1
-                        q.put((msg.offset(), arr))
+                        if not _put(q, (msg.offset(), arr), stop):
+                            return
             finally:
                 consumer.close()
         except BaseException as exc:  # pragma: no cover - reported by the main loop
@@ -404,39 +498,34 @@ def run_naive(
     threads = [threading.Thread(target=worker, args=(c,), daemon=True) for c in cams]
     for t in threads:
         t.start()
-    newest: dict[str, tuple[int, np.ndarray]] = {}
+    got = Received(cams)
     remaining = set(cams)
     stacks = 0
-    deadline = time.perf_counter() + timeout
+    begun = progress = time.perf_counter()
     try:
         while remaining:
             if failures:
                 raise failures[0]
-            if time.perf_counter() > deadline:
+            now = time.perf_counter()
+            if now - progress > stall_s or now - begun > timeout:
                 raise TimeoutError(f"naive: still waiting for {sorted(remaining)}")
-            fresh = False
+            items: list[tuple[str, int, np.ndarray]] = []
             for cam in cams:
-                q = queues[cam]
-                item = None
-                if cam in remaining:
-                    try:
-                        item = q.get(timeout=0.05)
-                    except queue.Empty:
-                        continue
-                while True:
-                    try:
-                        item = q.get_nowait()
-                    except queue.Empty:
-                        break
-                if item is not None:
-                    newest[cam] = item
-                    fresh = True
-            if not fresh or len(newest) < len(cams):
+                if cam not in remaining:
+                    continue
+                try:
+                    offset, arr = queues[cam].get(timeout=wait)
+                except queue.Empty:
+                    continue
+                items.append((cam, offset, arr))
+            if not items:
                 continue
-            batch = np.stack([newest[c][1] for c in cams])
+            batch = np.stack([arr for _, _, arr in items])
             stacks += 1
             del batch
-            for cam, (offset, _) in newest.items():
+            progress = time.perf_counter()
+            for cam, offset, _ in items:
+                got.add(cam, offset)
                 if offset >= last[cam]:
                     remaining.discard(cam)
         t1, c1 = time.perf_counter(), time.process_time()
@@ -445,8 +534,18 @@ def run_naive(
         for t in threads:
             t.join(10)
     t0, c0 = _check_done(first, "naive")
-    frames = sum(counts.values())
-    return Sample(t1 - t0, c1 - c0, frames - 1, {"frames": frames, "batches": stacks})
+    frames = got.total
+    return Sample(
+        t1 - t0,
+        c1 - c0,
+        frames - 1,
+        {
+            "frames": frames,
+            "frames_decoded": sum(counts.values()),
+            "offsets": got.check(last),
+            "batches": stacks,
+        },
+    )
 
 
 # -- fetching the backlog ------------------------------------------------------------------------

@@ -75,7 +75,8 @@ class Comux:
         self._cameras: dict[str, Camera] = {}
         self._pool: BatchPool | None = None
         self._policy: Policy | None = None
-        self._fifo_depth = 32
+        self._fifo_depth = 256
+        self._fifo_bytes = 4 << 20
         self._paused: set[str] = set()
         self.control: Control | None = None
         self.registry: MongoConnect | None = None
@@ -215,7 +216,8 @@ class Comux:
         repeat_last: bool = False,
         buffers: int = 3,
         allocator: Allocator | None = None,
-        fifo_depth: int = 32,
+        fifo_depth: int = 256,
+        fifo_bytes: int = 4 << 20,
     ) -> None:
         """Choose the output frames and how they are batched.
 
@@ -233,7 +235,10 @@ class Comux:
             have no frame yet (their slots are marked invalid).
         :param stall_timeout: a camera with no new frame for this long stops holding batches
             back until its next frame (default: three of its frame intervals, 0.05 to 1 s).
-        :param fifo_depth: packets queued per camera before its partition is paused.
+        :param fifo_depth: packets queued per camera for its decoder before its partition is
+            paused (it resumes at half). Deep enough to hide the refetch after a pause.
+        :param fifo_bytes: the same bound in bytes (4 MiB), whichever comes first: with
+            ``fifo_depth`` it bounds the memory a backlog can take, per camera.
         :param max_staleness: leave a slot empty when its frame is older than this (counted).
         :param repeat_last: fill an empty slot with the camera's previous frame instead.
         :param buffers: preallocated batch buffers; each Batch held by the caller keeps one.
@@ -243,8 +248,9 @@ class Comux:
             raise StateError("setup_decoders() was already called")
         if policy is not None and policy not in POLICIES:
             raise ConfigError(f"policy must be 'latest' or 'fifo', got {policy!r}")
-        if not isinstance(fifo_depth, int) or fifo_depth < 1:
-            raise ConfigError(f"fifo_depth must be an int >= 1, got {fifo_depth!r}")
+        for name, value in (("fifo_depth", fifo_depth), ("fifo_bytes", fifo_bytes)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
         config = DecoderConfig(rate=rate, width=W, height=H, codec=de_codec, pix_fmt=pix_fmt)
         pool = BatchPool(
             config.shape,
@@ -260,6 +266,7 @@ class Comux:
         self._decoder_config = config
         self._policy = policy
         self._fifo_depth = fifo_depth
+        self._fifo_bytes = fifo_bytes
         self._pool = pool
 
     def _default_policy(self) -> Policy:
@@ -349,6 +356,7 @@ class Comux:
                 self._pool,
                 policy=self._default_policy(),
                 depth=self._fifo_depth,
+                max_bytes=self._fifo_bytes,
             )
             self._cameras[cam_id] = camera
             consumer.add(camera)

@@ -42,6 +42,7 @@ class Camera:
     """Everything comux keeps for one camera, owned by one object.
 
     :param depth: packets that may wait for the decoder before the partition is paused.
+    :param max_bytes: the same bound in bytes, whichever comes first.
     """
 
     def __init__(
@@ -53,11 +54,14 @@ class Camera:
         *,
         policy: Policy,
         depth: int,
+        max_bytes: int,
     ) -> None:
         self.cam_id = cam_id
         self.topic = topic
         self.policy: Policy = policy
         self.depth = depth
+        self.max_bytes = max_bytes
+        self.inbox_bytes = 0
         self.pool = pool
         self.decoder = CameraDecoder(cam_id, config, self._deliver)
         self.cache = PacketCache()
@@ -112,12 +116,13 @@ class Camera:
     def offer(self, msg: Message) -> bool:
         """Queue one message for the decoder; True when the partition should pause."""
         self.inbox.append(msg)
+        self.inbox_bytes += len(msg.value() or b"")
         now = time.monotonic()
         self.arrival_gap = 0.9 * self.arrival_gap + 0.1 * (now - self.last_packet_at)
         self.last_packet_at = now
         if self.worker is not None:
             self.worker.schedule(self)
-        return len(self.inbox) >= self.depth
+        return len(self.inbox) >= self.depth or self.inbox_bytes >= self.max_bytes
 
     def silent_for(self) -> float:
         """Seconds without a packet after which its stream counts as stopped.
@@ -127,7 +132,7 @@ class Camera:
         """
         interval = self.decoder.frame_interval
         if interval and self.arrival_gap < interval / 2:
-            return REPLAY_SILENCE
+            return min(REPLAY_SILENCE, max(0.02, 3 * interval))
         return LIVE_SILENCE
 
     # -- decode worker -----------------------------------------------------------------------
@@ -136,6 +141,7 @@ class Camera:
         """Decode a few queued packets; stop early while a fifo camera has no free row."""
         if self.closed:
             self.inbox.clear()
+            self.inbox_bytes = 0
             self._held.clear()
             return
         if not self._flush():
@@ -143,6 +149,7 @@ class Camera:
         for _ in range(_BURST):
             try:
                 msg = self.inbox.popleft()
+                self.inbox_bytes -= len(msg.value() or b"")
             except IndexError:
                 break
             self.decoder.decode(msg)
@@ -151,10 +158,15 @@ class Camera:
         if self.flush_due and not self.inbox and not self._held:
             self.flush_due = False
             self.decoder.flush()
-        if self.fetch_paused and len(self.inbox) <= self.depth // 2 and self.on_fetch:
+        if self.fetch_paused and self.on_fetch and self._has_room():
             self.on_fetch(self)
         if self.inbox and not self._held:
             self.wake()
+
+    def _has_room(self) -> bool:
+        # Resume at half: refetching after a pause takes a few fetch round trips, which the
+        # other half covers, so the decoder never starves on a backlog.
+        return len(self.inbox) <= self.depth // 2 and self.inbox_bytes <= self.max_bytes // 2
 
     def _deliver(self, index: int, frame: av.VideoFrame | None, msg: Message) -> None:
         self.cache.put(index, msg)

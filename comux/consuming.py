@@ -327,7 +327,7 @@ class CameraConsumer:
                 self._route(msg)
             now = time.monotonic()
             if now >= next_lag_check:
-                next_lag_check = now + 0.2
+                next_lag_check = now + 0.05
                 self._check_lag()
 
     def _route(self, msg: Any) -> None:
