@@ -329,11 +329,8 @@ class Comux:
 
     @property
     def threads(self) -> Mapping[str, DecodeWorker]:
-        """The decode thread serving each connected camera."""
-        consumer = self._consumer
-        if consumer is None:
-            return {}
-        return {c: w for w in consumer.workers for c in w.cameras}
+        """The decode thread of each connected camera's last turn (cameras are not pinned)."""
+        return {cam_id: camera.thread for cam_id, camera in self._cameras.items()}
 
     def connect(self, cam_id: str, overwrite: bool = False) -> None:
         """Subscribe to ``cam_id``'s topic and give it a decoder (adds unknown cameras)."""

@@ -1,11 +1,11 @@
 """One camera: its queue of packets, its decoder, its rows in the batches and its counters.
 
 Data flows one way. The poll thread appends each message to the camera's queue
-(:meth:`Camera.offer`); the decode worker the camera is pinned to decodes it
-(:meth:`Camera.run`) straight into the camera's rows of the batch buffers; the sealer hands
-the rows out. Backpressure runs the other way without dropping anything: a full queue pauses
-the camera's partition, and a fifo camera whose rows are all taken keeps its decoded frames
-and stops decoding until a buffer opens.
+(:meth:`Camera.offer`); a decode thread, one at a time, decodes it (:meth:`Camera.run`)
+straight into the camera's rows of the batch buffers; the sealer hands the rows out.
+Backpressure runs the other way without dropping anything: a full queue pauses the camera's
+partition, and a fifo camera whose rows are all taken keeps its decoded frames and stops
+decoding until a buffer opens.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ __all__ = ["Camera", "Scheduler"]
 
 log = logging.getLogger("comux.camera")
 
-_BURST = 8  # packets decoded per turn, so cameras sharing a worker take turns
+_BURST = 8  # packets decoded per turn, so cameras take turns at the decode threads
+IDLE, QUEUED, RUNNING, AGAIN = range(4)  # a camera's turn: see consuming.DecodePool
 REPLAY_SILENCE, LIVE_SILENCE = 0.2, 1.0  # see Camera.silent_for
 
 
 class Scheduler(Protocol):
-    """The decode worker a camera is pinned to."""
+    """The decode threads: they give a camera a turn at :meth:`Camera.run`."""
 
     def schedule(self, camera: Camera) -> None: ...
 
@@ -67,8 +68,9 @@ class Camera:
         self.cache = PacketCache()
         self.inbox: deque[Message] = deque()
         self._held: deque[tuple[av.VideoFrame | None, int, int | None]] = deque()
-        self.worker: Scheduler | None = None
-        self.scheduled = False  # a turn is queued on the worker
+        self.scheduler: Scheduler | None = None
+        self.thread: Any = None  # the decode thread of its last turn
+        self.turn = IDLE
         self.fetch_paused = False  # by backpressure, set by the poll thread
         self.user_paused = False
         self.armed = False  # max_offset_diff applies (from the start, or once caught up)
@@ -88,9 +90,9 @@ class Camera:
         return rows
 
     def wake(self) -> None:
-        """Give the camera a turn on its worker."""
-        if self.worker is not None:
-            self.worker.schedule(self)
+        """Give the camera a turn at the decode threads."""
+        if self.scheduler is not None:
+            self.scheduler.schedule(self)
 
     # -- settings ----------------------------------------------------------------------------
 
@@ -120,8 +122,8 @@ class Camera:
         now = time.monotonic()
         self.arrival_gap = 0.9 * self.arrival_gap + 0.1 * (now - self.last_packet_at)
         self.last_packet_at = now
-        if self.worker is not None:
-            self.worker.schedule(self)
+        if self.scheduler is not None:
+            self.scheduler.schedule(self)
         return len(self.inbox) >= self.depth or self.inbox_bytes >= self.max_bytes
 
     def silent_for(self) -> float:

@@ -3,7 +3,8 @@
 One librdkafka consumer serves every camera of the process: at 64 cameras, 64 clients would mean
 64 sets of broker connections, fetch threads and prefetch buffers. The poll thread only queues
 each message on its camera; decoding runs on a fixed pool of worker threads (one per core by
-default), each camera pinned to one worker so its packets stay in order. A camera whose queue
+default), which give the cameras turns, one thread at a time per camera so its packets stay in
+order. A camera whose queue
 is full has its partition paused; what librdkafka had already handed over stays queued.
 """
 
@@ -21,11 +22,18 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 from confluent_kafka import KafkaError as RdKafkaError
 
-from .camera import Camera
+from .camera import AGAIN, IDLE, QUEUED, RUNNING, Camera
 from .config import TopicSchema, redact
 from .errors import BrokerUnavailableError
 
-__all__ = ["ConsumerSettings", "CameraConsumer", "DecodeWorker", "check_broker", "close_within"]
+__all__ = [
+    "ConsumerSettings",
+    "CameraConsumer",
+    "DecodePool",
+    "DecodeWorker",
+    "check_broker",
+    "close_within",
+]
 
 log = logging.getLogger("comux.consuming")
 
@@ -104,35 +112,75 @@ def close_within(consumer: Consumer, timeout: float) -> None:
     closer.join(max(0.0, timeout))
 
 
-class DecodeWorker(threading.Thread):
-    """Give the cameras pinned to this thread turns at decoding their queued packets."""
+class DecodePool:
+    """Decode threads that give cameras turns; a camera is never decoded by two at once.
 
-    def __init__(self, number: int) -> None:
-        super().__init__(name=f"comux-decode-{number}", daemon=True)
-        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.cameras: set[str] = set()
-        self.crashes = 0
+    Cameras are not pinned to a thread: whichever thread is free takes the next camera with
+    work, in turn, so a camera that fell behind never waits behind another on a busy thread
+    while a second thread idles.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # a camera's turn state
+        self.workers = [DecodeWorker(i, self) for i in range(threads)]
 
     def schedule(self, camera: Camera) -> None:
-        """Queue a turn for ``camera`` unless one is queued (a spare turn is harmless)."""
-        if not camera.scheduled:
-            camera.scheduled = True
-            self.queue.put(camera)
+        """Give ``camera`` a turn: now if it has none, after its current one if it is running."""
+        with self._lock:
+            if camera.turn == IDLE:
+                camera.turn = QUEUED
+                self._queue.put(camera)
+            elif camera.turn == RUNNING:
+                camera.turn = AGAIN
+
+    def _take(self) -> Camera | None:
+        camera = self._queue.get()
+        if camera is _STOP:
+            return None
+        with self._lock:
+            camera.turn = RUNNING
+        return camera
+
+    def _done(self, camera: Camera) -> None:
+        with self._lock:
+            if camera.turn == AGAIN:
+                camera.turn = QUEUED
+                self._queue.put(camera)
+            else:
+                camera.turn = IDLE
+
+    def start(self) -> None:
+        for worker in self.workers:
+            if not worker.is_alive():
+                worker.start()
+
+    def stop(self, deadline: float) -> None:
+        for _ in self.workers:
+            self._queue.put(_STOP)
+        for worker in self.workers:
+            if worker.is_alive():
+                worker.join(max(0.0, deadline - time.monotonic()))
+
+
+class DecodeWorker(threading.Thread):
+    """One thread of the decode pool."""
+
+    def __init__(self, number: int, pool: DecodePool) -> None:
+        super().__init__(name=f"comux-decode-{number}", daemon=True)
+        self.pool = pool
+        self.crashes = 0
 
     def run(self) -> None:
-        while True:
-            camera = self.queue.get()
-            if camera is _STOP:
-                return
-            camera.scheduled = False
+        while (camera := self.pool._take()) is not None:
+            camera.thread = self
             try:
                 camera.run()
             except Exception:  # a bug must not kill the thread serving other cameras
                 self.crashes += 1
                 log.exception("camera %s: decoder failed", camera.cam_id)
-
-    def stop(self) -> None:
-        self.queue.put(_STOP)
+            finally:
+                self.pool._done(camera)
 
 
 class CameraConsumer:
@@ -149,10 +197,9 @@ class CameraConsumer:
         self.schema = schema
         self._consumer = Consumer(settings.librdkafka_config(), error_cb=self._error_cb)
         self._cameras: dict[str, Camera] = {}
-        self._worker_of: dict[str, DecodeWorker] = {}
         self._next_fetch: dict[tuple[str, int], int] = {}
         threads = decode_threads or os.cpu_count() or 1
-        self.workers = [DecodeWorker(i) for i in range(threads)]
+        self.decoders = DecodePool(threads)
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="comux-consumer", daemon=True)
@@ -167,26 +214,20 @@ class CameraConsumer:
     def check(self) -> None:
         check_broker(self._consumer, self.settings.bootstrap_servers, self.settings.connect_timeout)
 
-    def add(self, camera: Camera) -> DecodeWorker:
-        """Pin ``camera`` to the least loaded worker and subscribe to its topic."""
+    def add(self, camera: Camera) -> None:
+        """Give ``camera`` to the decode threads and subscribe to its topic."""
         camera.decoder.max_offset_diff = self.settings.max_offset_diff
         camera.armed = self.settings.end  # a backlog asked for (end=False) is read, not skipped
         camera.on_fetch = self._request_resume
-        worker = min(self.workers, key=lambda w: len(w.cameras))
-        worker.cameras.add(camera.cam_id)
-        camera.worker = worker
+        camera.scheduler = self.decoders
+        camera.thread = self.decoders.workers[0]
         self._cameras[camera.cam_id] = camera
-        self._worker_of[camera.cam_id] = worker
         self._resubscribe()
-        return worker
 
     def remove(self, cam_id: str) -> None:
         camera = self._cameras.pop(cam_id, None)
-        worker = self._worker_of.pop(cam_id, None)
         if camera is not None:
             camera.close()
-        if worker is not None:
-            worker.cameras.discard(cam_id)
         self._resubscribe()
 
     def _resubscribe(self) -> None:
@@ -281,9 +322,7 @@ class CameraConsumer:
     # -- running -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        for worker in self.workers:
-            if not worker.is_alive():
-                worker.start()
+        self.decoders.start()
         if not self._thread.is_alive():
             self._thread.start()
 
@@ -293,11 +332,7 @@ class CameraConsumer:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(max(0.0, deadline - time.monotonic()))
-        for worker in self.workers:
-            worker.stop()
-        for worker in self.workers:
-            if worker.is_alive():
-                worker.join(max(0.0, deadline - time.monotonic()))
+        self.decoders.stop(deadline)
         if not self._thread.is_alive():
             close_within(self._consumer, deadline - time.monotonic())
 

@@ -173,7 +173,7 @@ def test_create_and_delete_while_frames_flow(control_rig, cameras_publishing):
     assert all(a not in cams for _, cams in batches)
     assert any(c in cams for _, cams in batches)
     assert comux.cam_ids == [b, c]
-    for worker in comux._consumer.workers:
+    for worker in comux._consumer.decoders.workers:
         assert worker.crashes == 0 and worker.is_alive()
 
 
