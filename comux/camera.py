@@ -98,7 +98,8 @@ class Camera:
 
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
-        self.rows = self.pool.add(self.cam_id, policy)
+        if self.rows.slot >= 0:  # a paused camera takes it when it joins again
+            self.rows = self.pool.add(self.cam_id, policy)
 
     def leave_batches(self) -> None:
         """Take the row out of the batches (pause); frames decoded meanwhile are counted."""
@@ -146,7 +147,7 @@ class Camera:
             self.inbox_bytes = 0
             self._held.clear()
             return
-        if not self._flush():
+        if not self._publish_held():
             return
         for _ in range(_BURST):
             try:
@@ -193,7 +194,7 @@ class Camera:
             self.decoder.stats.not_batched += 1  # paused or deleted while it decoded
         return True
 
-    def _flush(self) -> bool:
+    def _publish_held(self) -> bool:
         while self._held:
             if not self._publish(self._held[0]):
                 return False
