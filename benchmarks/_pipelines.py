@@ -117,10 +117,14 @@ class Received:
         return sum(len(v) for v in self.offsets.values())
 
     def check(self, last: Mapping[str, int]) -> dict[str, Any]:
-        """Offsets 0..last[cam] each exactly once per camera, in order? What went wrong, counted."""
+        """Offsets 0..last[cam] each exactly once per camera, in order? What went wrong, counted.
+
+        Only this run's cameras count: ``last`` may cover every published camera.
+        """
         totals = {"missing": 0, "duplicates": 0, "unexpected": 0, "out_of_order": 0}
         wrong: dict[str, dict[str, int]] = {}
-        for cam, end in last.items():
+        for cam in self.offsets:
+            end = last[cam]
             got = self.offsets.get(cam, [])
             seen, expected = set(got), set(range(end + 1))
             counts = {

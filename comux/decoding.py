@@ -238,14 +238,7 @@ class CameraDecoder:
         """
         if self._await_keyframe or not self.holds_frames:
             return
-        try:
-            held = self._ctx.decode(None)
-            self._ctx.flush_buffers()
-        except av.FFmpegError:
-            held = []
-            self._ctx = self._open()
-        self._in_decoder = 0
-        for frame in held:
+        for frame in self._empty():
             self._frame(frame)
         self._await_keyframe = True
 
@@ -293,7 +286,7 @@ class CameraDecoder:
         t = self._clock() if seconds is None else seconds
         self._observe(t)
         if self._await_keyframe:
-            # Held by the decoder when a packet failed (see _drain): it may show broken pictures.
+            # Held by the decoder when a packet failed (see _fail): it may show broken pictures.
             self.stats.invalid_after_error += 1
             self._deliver(msg.offset(), None, msg)
             return
@@ -353,10 +346,11 @@ class CameraDecoder:
         self._deliver(msg.offset(), None, msg)
         if not self._await_keyframe:
             self._await_keyframe = True
-            self._drain()
+            for frame in self._empty():  # held frames come out invalid: see _frame
+                self._frame(frame)
 
-    def _drain(self) -> None:
-        """Hand out the frames the decoder still holds (as invalid) and reset its references.
+    def _empty(self) -> list[av.VideoFrame]:
+        """Take out the frames the decoder still holds and reset its references.
 
         Flushing, unlike reopening, keeps the parameter sets: a camera that sends SPS/PPS only
         once still decodes from its next keyframe.
@@ -368,8 +362,7 @@ class CameraDecoder:
             held = []
             self._ctx = self._open()
         self._in_decoder = 0
-        for frame in held:
-            self._frame(frame)
+        return held
 
 
 class PacketCache:

@@ -19,11 +19,8 @@ what it skipped and exits 0; it exits 1 when a check that ran failed.
 
 On a fresh machine the compiled core must be built first::
 
-    python3 setup.py build_ext --inplace -q || python3 scripts/gpu_check.py --build
+    python3 setup.py build_ext --inplace -q
     python3 scripts/gpu_check.py
-
-(``--build`` compiles comux/_ext/*.pyx in place without reading pyproject.toml, for
-setuptools older than the one pyproject.toml's license field needs.)
 """
 
 from __future__ import annotations
@@ -48,44 +45,6 @@ BUFFERS = 3
 SOURCE_FRAMES = 30
 DEFAULT_BATCHES = 200
 WARMUP = 10
-
-
-def build_inplace() -> None:
-    """Compile comux/_ext/*.pyx next to their sources (what setup.py does, minus pyproject)."""
-    import numpy
-    from Cython.Build import cythonize
-    from setuptools import Distribution, Extension
-
-    os.chdir(ROOT)
-    ext_dir = Path("comux/_ext")
-    extensions = [
-        Extension(
-            f"comux._ext.{pyx.stem}",
-            [str(pyx)],
-            include_dirs=[str(ext_dir), numpy.get_include()],
-            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-            extra_compile_args=["-O3"],
-        )
-        for pyx in sorted(ext_dir.glob("*.pyx"))
-    ]
-    dist = Distribution(
-        {
-            "name": "comux-ext",
-            "ext_modules": cythonize(
-                extensions,
-                language_level=3,
-                compiler_directives={
-                    "boundscheck": False,
-                    "wraparound": False,
-                    "cdivision": True,
-                },
-            ),
-            "script_name": "gpu_check.py",
-            "script_args": ["build_ext", "--inplace"],
-        }
-    )
-    dist.parse_command_line()
-    dist.run_commands()
 
 
 class Report:
@@ -471,11 +430,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=DEFAULT_BATCHES)
     parser.add_argument("--json", help="also write the summary here (default: $OUT/gpu_check.json)")
-    parser.add_argument("--build", action="store_true", help="build comux/_ext in place and exit")
     args = parser.parse_args()
-    if args.build:
-        build_inplace()
-        return 0
     report = Report()
     t0 = time.perf_counter()
     try:
