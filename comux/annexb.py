@@ -18,6 +18,7 @@ __all__ = [
     "iter_nals",
     "nal_types",
     "is_keyframe",
+    "is_disposable",
     "has_parameter_sets",
     "parameter_sets",
     "insert_parameter_sets",
@@ -77,6 +78,24 @@ def is_keyframe(data: bytes, codec: str = "h264") -> bool:
         t = _type(data, start, hevc)
         if (t in _HEVC_IRAP) if hevc else (t == _H264_IDR):
             return True
+    return False
+
+
+def is_disposable(data: bytes, codec: str = "h264") -> bool:
+    """True when the packet's picture is never a reference: skipping it breaks no other frame.
+
+    H.264: its slice has ``nal_ref_idc`` 0; HEVC: a sub-layer non-reference type (TRAIL_N,
+    RADL_N, ...). Read from the first slice's header alone: all slices of a picture agree.
+    """
+    hevc = normalize_codec(codec) == "hevc"
+    find, size = data.find, len(data) - 3
+    pos = find(_SHORT_START)
+    while 0 <= pos < size:
+        header = data[pos + 3]
+        t = _type(data, pos + 3, hevc)
+        if t in (_HEVC_VCL if hevc else _H264_VCL):
+            return t <= 14 and t % 2 == 0 if hevc else (header >> 5) & 3 == 0
+        pos = find(_SHORT_START, pos + 3)
     return False
 
 

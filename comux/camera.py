@@ -206,6 +206,10 @@ class Camera:
     def stats(self) -> Mapping[str, Any]:
         counters: dict[str, Any] = dict(self.decoder.stats.as_dict())
         counters.update(self.rows.counters())
+        decoded = counters["frames"]
+        counters["batched_fraction"] = (
+            round(counters["in_batches"] / decoded, 4) if decoded else None
+        )
         counters["queued"] = len(self.inbox) + len(self._held)
         counters["fetch_paused"] = self.fetch_paused
         return counters

@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("--synthetic", type=_size, metavar="WxH", help="encode a test pattern")
     pub.add_argument("--frames", type=int, default=250, help="frames of --synthetic")
     pub.add_argument("--fps", type=int, default=25, help="frame rate of --synthetic")
+    pub.add_argument("--gop", type=int, default=25, help="keyframe interval of --synthetic")
+    pub.add_argument("--bframes", type=int, default=2, help="B-frames in a row, --synthetic")
     pub.add_argument("--cam-id", required=True)
     _add_bootstrap(pub)
     pub.add_argument("--topic-template", default="raw.:cam_id")
@@ -90,7 +92,9 @@ def _publish(args: argparse.Namespace) -> int:
         width, height = args.synthetic
 
         def packets():  # type: ignore[no-untyped-def]
-            return synthetic_packets(width, height, args.frames, fps=args.fps)
+            return synthetic_packets(
+                width, height, args.frames, fps=args.fps, gop=args.gop, bframes=args.bframes
+            )
     else:
 
         def packets():  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol, cast
 import av
 from av.video.reformatter import VideoReformatter
 
-from .annexb import is_keyframe
+from .annexb import is_disposable, is_keyframe
 from .errors import ConfigError
 
 __all__ = ["DecoderConfig", "CameraStats", "CameraDecoder", "PacketCache", "Message", "PixFmt"]
@@ -89,6 +89,9 @@ class CameraStats:
     invalid_after_error: int = 0
     empty_packets: int = 0
     skipped_before_keyframe: int = 0
+    skipped_not_due: int = 0
+    skipped_to_keyframe: int = 0
+    keyframe_late: int = 0
     keyframe_mismatch: int = 0
     lag_dropped: int = 0
     lag_unread: int = 0
@@ -165,6 +168,10 @@ class CameraDecoder:
         self._deltas: deque[float] = deque(maxlen=_INTERVAL_SAMPLES)
         self._last_t: float | None = None
         self._next_due: float | None = None
+        self._last_key_t: float | None = None
+        self.key_interval: float | None = None  # seconds between keyframes, once steady
+        self._skip_to_key = False
+        self._key_gap: float | None = None
 
     def _open(self) -> av.VideoCodecContext:
         ctx = cast(av.VideoCodecContext, av.CodecContext.create(self._codec_name, "r"))
@@ -187,6 +194,7 @@ class CameraDecoder:
             # The consumer jumped ahead: the old reference frames are of no use now.
             self._synced_to = self.skip_below
             self._await_keyframe = True
+            self._skip_to_key = False
             self._ctx = self._open()
             self._in_decoder = 0
         self.last_offset = offset
@@ -213,6 +221,8 @@ class CameraDecoder:
         if pts is not None and self._time_base is not None:
             num, den = self._time_base
             seconds = pts * num / den
+        if self._skip(data, key, seconds):
+            return
         packet = av.Packet(data)
         packet.opaque = (msg, seconds)
         packet.pts = pts  # the decoder carries it to the frame, reordered with it
@@ -225,6 +235,76 @@ class CameraDecoder:
         for frame in frames:
             self._in_decoder -= 1
             self._frame(frame)
+
+    def _skip(self, data: bytes, key: bool, t: float | None) -> bool:
+        """Whether to leave this packet undecoded: no frame that needs it will be delivered.
+
+        Under ``rate``, a frame that is not due is only worth decoding when a due frame refers
+        to it. A non-reference picture that is not due is skipped on its own; when no frame
+        left before the next keyframe is due, the rest of the GOP is skipped and decoding
+        starts again, clean, at that keyframe. Planning needs the capture time and a steady
+        keyframe interval; without them every packet is decoded.
+        """
+        if key:
+            self._learn_keyframe(t)
+        if self._skip_to_key:
+            if not key:
+                if t is not None:
+                    self._count_late_keyframe(t)
+                self.stats.skipped_to_keyframe += 1
+                return True
+            self._skip_to_key = False
+            for frame in self._empty():  # frames held for B-frames, then a clean start
+                self._frame(frame)
+        rate, due, interval = self.config.rate, self._next_due, self.frame_interval
+        if rate is None or t is None or due is None or interval is None:
+            return False
+        slack = 1e-6 + 0.25 * interval
+        if not key and is_disposable(data, self._codec_name):
+            if t < due - slack:
+                self.stats.skipped_not_due += 1
+                return True
+            return False
+        if self.key_interval is None or self._last_key_t is None:
+            return False
+        # The last frame before the next keyframe is captured one interval before it.
+        if due - slack > self._last_key_t + self.key_interval - interval:
+            self._skip_to_key = True
+            self.stats.skipped_to_keyframe += 1
+            return True
+        return False
+
+    def _learn_keyframe(self, t: float | None) -> None:
+        """Learn the keyframe interval; only one seen twice in a row counts as steady."""
+        last, self._last_key_t = self._last_key_t, t
+        if t is None or last is None or t <= last:
+            self.key_interval = None
+            return
+        gap = t - last
+        steady = (
+            self._key_gap is not None
+            and abs(gap - self._key_gap) < 0.5 * (self.frame_interval or 0.0) + 1e-6
+        )
+        self._key_gap = gap
+        self.key_interval = gap if steady else None
+
+    def _count_late_keyframe(self, t: float) -> None:
+        """Two intervals without the keyframe being skipped to: unlearn the interval, once.
+
+        Frames up to that keyframe cannot be decoded any more (their references were skipped);
+        from it on, every GOP is decoded until the interval is steady again.
+        """
+        if self.key_interval is None or self._last_key_t is None:
+            return
+        if t - self._last_key_t > 2 * self.key_interval:
+            self.stats.keyframe_late += 1
+            log.warning(
+                "camera %s: no keyframe for %.1f s (every %.1f s before)",
+                self.cam_id,
+                t - self._last_key_t,
+                self.key_interval,
+            )
+            self.key_interval = self._key_gap = None
 
     @property
     def holds_frames(self) -> bool:
