@@ -1,11 +1,14 @@
-"""Plot frames/s against camera count (640x360) for the end-to-end pipelines.
+"""Plot the benchmark results. Needs matplotlib.
 
     python benchmarks/plot.py                 # the long run's results if there are any, else short
     python benchmarks/plot.py --input benchmarks/results/end_to_end.json --output out.png
+    python benchmarks/plot.py --live          # CPU per camera-second against rate
 
 Reads the JSON that ``test_end_to_end_bench.py`` writes and saves
 ``benchmarks/results/fps_vs_cameras.png``: frames/s (median, min-max bars) and process CPU
-milliseconds per frame, against the number of cameras. Needs matplotlib.
+milliseconds per frame, against the number of cameras. With ``--live``, reads what
+``test_live_bench.py`` writes and saves ``benchmarks/results/cpu_vs_rate.png``: comux's CPU per
+camera-second at each rate, one line per stream.
 """
 
 from __future__ import annotations
@@ -41,12 +44,44 @@ def curve(data: dict, resolution: str) -> dict[str, list[tuple[int, dict]]]:
     return {k: sorted(v, key=lambda item: item[0]) for k, v in out.items()}
 
 
+def plot_live(src: Path, output: Path) -> int:
+    data = json.loads(src.read_text())
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    labels = {"rate_None": "none (25)", "rate_5": "5", "rate_1": "1"}
+    for name, case in data.get("cases", {}).items():
+        rates = [k for k in labels if k in case]
+        cpu = [1000 * case[k]["cores_per_camera"] for k in rates]
+        title = f"{name} ({case.get('size')}, {case.get('cameras')} cameras)"
+        ax.plot([labels[k] for k in rates], cpu, marker="o", label=title)
+    ax.set_xlabel("rate (frames/s delivered per camera)")
+    ax.set_ylabel("comux CPU, ms per camera-second")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"live cameras at 25 fps, {data.get('mode', '?')} mode", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(output, dpi=110)
+    print(f"wrote {output} from {src}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", type=Path, default=None)
-    parser.add_argument("--output", type=Path, default=RESULTS / "fps_vs_cameras.png")
+    parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--resolution", default="640x360")
+    parser.add_argument("--live", action="store_true", help="CPU against rate (live benchmark)")
     args = parser.parse_args(argv)
+    if args.live:
+        long = RESULTS / "live-long.json"
+        src = args.input or (long if long.is_file() else RESULTS / "live.json")
+        return plot_live(src, args.output or RESULTS / "cpu_vs_rate.png")
+    args.output = args.output or RESULTS / "fps_vs_cameras.png"
     src = args.input or default_input()
     if not src.is_file():
         print(

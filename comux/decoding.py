@@ -374,7 +374,7 @@ class CameraDecoder:
             self._fail(msg, "corrupt frame (missing or damaged data)")
             return
         rate = self.config.rate
-        if rate is not None and not self._due(t, rate):
+        if rate is not None and not self._due(t, rate, bool(frame.key_frame)):
             self.stats.rate_limited += 1
             return
         if frame.width != self.config.width or frame.height != self.config.height:
@@ -401,11 +401,13 @@ class CameraDecoder:
         elif delta < -_RESTART_S:
             self._next_due = None  # the camera restarted: its old due time means nothing now
 
-    def _due(self, t: float, rate: float) -> bool:
+    def _due(self, t: float, rate: float, key: bool = False) -> bool:
         """Whether the frame captured at ``t`` is due under ``rate``, on the camera's clock.
 
         Due times step evenly by 1/rate, so the delivered frames are evenly spaced however the
         decoder bunches its output; a quarter frame of slack keeps pts jitter from skipping one.
+        At most one delivery per GOP lands on its keyframe, the one frame of the GOP that needs
+        no other to be decoded.
         """
         period = 1.0 / rate
         due = self._next_due
@@ -413,7 +415,13 @@ class CameraDecoder:
             # The first frame, or one after a gap: never bank credit for frames that did not come.
             self._next_due = t + period
             return True
-        slack = 1e-6 + 0.25 * (self.frame_interval or 0.0)
+        interval = self.frame_interval or 0.0
+        slack = 1e-6 + 0.25 * interval
+        gop = self.key_interval
+        if key and gop is not None and period >= gop - slack:
+            if due - slack <= t + gop - interval:  # a delivery is due within this GOP
+                self._next_due = t + period
+                return True
         if t < due - slack:
             return False
         self._next_due = due + period

@@ -121,3 +121,20 @@ def test_a_keyframe_interval_that_changes_is_counted_and_relearned():
     assert {4.0, 7.0, 10.0, 12.0} <= set(times)
     check_intact(clip, sink)
     assert dec.stats.decode_errors == 0
+
+
+def test_one_delivery_per_gop_lands_on_the_keyframe_whatever_the_phase(gop25):
+    dec, sink = decoder(rate=None, clock=0.0)
+    msgs = messages(gop25)
+    for msg in msgs[:87]:  # the keyframe interval is learned; then the rate starts mid-GOP
+        dec.decode(msg)
+    dec.set_rate(1)
+    start = len(sink.items)
+    before = fed(dec)
+    for msg in msgs[87:]:
+        dec.decode(msg)
+    times = [float(gop25[i.offset].pts * gop25[0].time_base) for i in sink.valid(start)]
+    assert times[0] == pytest.approx(3.48)  # the first frame after the change is due at once
+    assert times[1:] == [4.0, 5.0, 6.0, 7.0, 8.0, 9.0]  # then every keyframe, and only those
+    assert fed(dec) - before <= 1 + 12 + 6  # that frame, the rest of its GOP, six keyframes
+    check_intact(gop25, sink)
