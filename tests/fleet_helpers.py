@@ -7,7 +7,6 @@ the short/long mode switch (``COMUX_LONG=1``).
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import threading
@@ -35,7 +34,6 @@ __all__ = [
     "poll_until",
     "produce",
     "rss_bytes",
-    "setup_decoders",
     "timed",
     "unique",
     "wait_blocked_in",
@@ -84,23 +82,6 @@ def wait_until(
         text = message() if callable(message) else message
         raise AssertionError(f"timed out after {timeout:g} s: {text}")
     return value
-
-
-# -- the library's setup, tolerant of keyword arguments today's code does not take yet ----------
-
-
-def setup_decoders(cameras: Comux, **kwargs: Any) -> list[str]:
-    """Call ``cameras.setup_decoders(**kwargs)``; return the names it does not accept (dropped).
-
-    The tests pass new settings (``stall_timeout``) that today's code lacks. Dropping them lets
-    the test run and fail on the behaviour, with numbers; each test asserts at its end that
-    nothing was dropped, so a fixed library must take them.
-    """
-    params = inspect.signature(cameras.setup_decoders).parameters
-    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    dropped = [] if open_ended else [k for k in kwargs if k not in params]
-    cameras.setup_decoders(**{k: v for k, v in kwargs.items() if k not in dropped})
-    return dropped
 
 
 # -- Kafka ---------------------------------------------------------------------------------------

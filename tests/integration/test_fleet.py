@@ -32,7 +32,6 @@ from tests.fleet_helpers import (
     pick,
     poll_until,
     produce,
-    setup_decoders,
     timed,
     unique,
     wait_blocked_in,
@@ -42,10 +41,10 @@ from tests.groups import own_group
 from tests.integration.test_end_to_end import direct_decode
 
 FPS = 25
-STALL = 1.0  # stall_timeout given to setup_decoders: a camera silent this long stops counting
 # After a camera goes quiet, its last frames are still in flight (publisher stop <= 50 ms, fetch,
-# decode) and the library needs STALL seconds to call it silent: measure from this much later.
-GRACE = STALL + 1.0
+# decode) and the library needs its stall_timeout (at most 1 s by default) to call it silent:
+# measure from this much later.
+GRACE = 2.0
 
 
 @functools.cache
@@ -98,7 +97,7 @@ def test_silent_camera_does_not_stall_others(kafka_broker):
     try:
         with Comux(cams, "raw.:cam_id", "out.:cam_id", "WARNING") as cameras:
             cameras.setup_consumers(bootstrap, end=True, **own_group())
-            dropped = setup_decoders(cameras, rate=10, W=320, H=240, stall_timeout=STALL)
+            cameras.setup_decoders(rate=10, W=320, H=240)  # the default stall_timeout
             cameras.start()
             model = ModelLoop(cameras, timeout=10).start()
             try:
@@ -133,7 +132,6 @@ def test_silent_camera_does_not_stall_others(kafka_broker):
             f"{cam}: {after[cam]:.2f} frames/s after {quiet} went silent, "
             f"{before[cam]:.2f} before (need >= 0.9x)"
         )
-    assert not dropped, f"setup_decoders does not take {dropped}"
 
 
 def test_ended_backlog_does_not_hold_back_live_cameras(kafka_broker):
@@ -151,7 +149,7 @@ def test_ended_backlog_does_not_hold_back_live_cameras(kafka_broker):
     try:
         with Comux([ended, *live], "raw.:cam_id", "out.:cam_id", "WARNING") as cameras:
             cameras.setup_consumers(bootstrap, end=False, max_offset_diff=None, **own_group())
-            dropped = setup_decoders(cameras, rate=rate, W=320, H=240, stall_timeout=STALL)
+            cameras.setup_decoders(rate=rate, W=320, H=240)
             cameras.start()
             model = ModelLoop(cameras, timeout=10).start()
             try:
@@ -185,7 +183,6 @@ def test_ended_backlog_does_not_hold_back_live_cameras(kafka_broker):
             f"{cam}: {after[cam]:.2f} frames/s while a finished backlog sat beside it "
             f"(the cap is {rate}/s, need >= {0.9 * rate:g})"
         )
-    assert not dropped, f"setup_decoders does not take {dropped}"
 
 
 def _group() -> dict[str, Any]:
