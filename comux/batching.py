@@ -150,7 +150,8 @@ class CameraRows:
         self.on_room: Callable[[], None] | None = None
         self.last_frame_at: float | None = None  # monotonic; None until the first frame
         self.interval: float | None = None  # learned seconds between frames
-        self.stalled_since: float | None = None
+        self.holding = True  # a live camera holds batches back until it falls quiet
+        self.silent = False  # quiet for several of its own frame intervals: counted
         self.last_valid: np.ndarray | None = None  # repeat_last only
         self.last_valid_meta: tuple[int, int, float] = (-1, -1, 0.0)
         self.replaced = 0
@@ -162,8 +163,8 @@ class CameraRows:
 
     def counters(self) -> dict[str, Any]:
         stalled = self.stalled_seconds
-        if self.stalled_since is not None:
-            stalled += time.monotonic() - self.stalled_since
+        if self.silent and self.last_frame_at is not None:
+            stalled += time.monotonic() - self.last_frame_at
         return {
             "replaced": self.replaced,
             "stale": self.stale,
@@ -532,19 +533,18 @@ class BatchPool:
     def _tick(self, rows: CameraRows, wake: bool) -> None:
         """Learn the camera's frame interval; wake the sealer when a batch may be ready."""
         now = time.monotonic()
-        if rows.last_frame_at is not None:
-            gap = min(now - rows.last_frame_at, 2 * _STALL_MAX)
+        last, rows.last_frame_at = rows.last_frame_at, now
+        if last is not None:
+            gap = min(now - last, 2 * _STALL_MAX)
             # A decaying maximum: B-frame bursts alternate short and long gaps.
             rows.interval = gap if rows.interval is None else max(gap, 0.9 * rows.interval)
-        rows.last_frame_at = now
-        if not wake and rows.stalled_since is None:
+        if not wake and rows.holding and not rows.silent:
             return
         with self._cond:
-            if rows.stalled_since is not None:
-                silent = now - rows.stalled_since
-                rows.stalled_seconds += silent
-                rows.stalled_since = None
-                log.info("camera %s is back after %.2f s", rows.cam_id, silent)
+            if rows.silent and last is not None:
+                rows.stalled_seconds += now - last
+                log.info("camera %s is back after %.2f s", rows.cam_id, now - last)
+            rows.holding, rows.silent = True, False
             if self._first_frame_at is None:
                 self._first_frame_at = now
             self._cond.notify_all()
@@ -557,6 +557,17 @@ class BatchPool:
             return _STALL_MAX
         return min(_STALL_MAX, max(_STALL_MIN, _STALL_INTERVALS * rows.interval))
 
+    def silence_limit(self, rows: CameraRows) -> float:
+        """Seconds without a frame after which ``rows`` counts as silent (logged, counted).
+
+        Past the stall limit as long as its own frames come further apart than a second
+        (a low ``rate``): such a camera stops holding batches back between its frames
+        without being called silent each time.
+        """
+        if self.stall_timeout is not None or rows.interval is None:
+            return self.stall_limit(rows)
+        return max(self.stall_limit(rows), _STALL_INTERVALS * rows.interval)
+
     # -- sealing (the model's thread) --------------------------------------------------------
 
     def _ready(self, now: float) -> tuple[bool, float | None]:
@@ -567,19 +578,20 @@ class BatchPool:
         for rows in self._order:
             if buf.written[rows.slot]:
                 written = True
-            elif rows.last_frame_at is not None and rows.stalled_since is None:
-                # A camera holds batches back from its first frame until it goes silent.
-                due = rows.last_frame_at + self.stall_limit(rows) - now
+                continue
+            if rows.last_frame_at is None:
+                continue  # not started: a camera holds batches back from its first frame
+            quiet = now - rows.last_frame_at
+            if not rows.silent and quiet >= self.silence_limit(rows):
+                rows.silent, rows.holding = True, False
+                rows.stalls += 1
+                log.warning("camera %s went silent: no frame for %.2f s", rows.cam_id, quiet)
+            if rows.holding:
+                due = self.stall_limit(rows) - quiet
                 if due > 0:
                     wait = due if wait is None else min(wait, due)
-                    continue
-                rows.stalled_since = rows.last_frame_at  # silent since its last frame
-                rows.stalls += 1
-                log.warning(
-                    "camera %s went silent: no frame for %.2f s",
-                    rows.cam_id,
-                    now - rows.last_frame_at,
-                )
+                else:
+                    rows.holding = False
         if not written or wait is None:
             return written, None
         if self.max_wait is not None and self._first_frame_at is not None:

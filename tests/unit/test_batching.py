@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -252,6 +253,25 @@ def test_a_silent_camera_stops_holding_batches_back_and_is_counted():
     p.write("a", frame(5), 5)
     with p.seal(timeout=5) as batch:
         assert batch.valid.tolist() == [True, True]
+
+
+def test_a_camera_slower_than_a_second_by_design_is_not_called_silent():
+    p = pool("a", "slow")
+    slow = p.rows("slow")
+    p.write("slow", frame(1), 1)
+    p.seal(timeout=1).release()
+    slow.interval = 2.0  # rate=0.5: a frame every two seconds
+    slow.last_frame_at = time.monotonic() - 1.5
+    p.write("a", frame(2), 2)
+    start = time.monotonic()
+    with p.seal(timeout=5) as batch:  # past its 1 s limit it no longer holds batches back
+        assert batch.valid.tolist() == [True, False]
+    assert time.monotonic() - start < 0.5
+    assert p.counters("slow")["stalls"] == 0
+    slow.last_frame_at = time.monotonic() - 7  # three of its intervals and more: silent
+    p.write("a", frame(3), 3)
+    p.seal(timeout=5).release()
+    assert p.counters("slow")["stalls"] == 1 and p.counters("slow")["stalled_seconds"] >= 7
 
 
 def test_the_learned_stall_limit_follows_the_frame_interval():
