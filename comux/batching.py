@@ -23,8 +23,10 @@ its producer, so keeping it would need the lock this design does without.
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -330,6 +332,9 @@ class BatchPool:
             self._open_buffer(buf)
         self._first_frame_at: float | None = None
         self._closed = False
+        self._model_waiting = False  # the model is in seal(), waiting for frames
+        self._last_take: float | None = None
+        self._take_gaps: deque[float] = deque(maxlen=8)
         self.batches = 0
         self.bytes_copied = 0
 
@@ -474,8 +479,9 @@ class BatchPool:
         and publish again (``rows.on_room`` is called when a buffer opens).
 
         A ``"latest"`` camera replaces its newest frame, unless the frame came in a ``burst``
-        with the one in the filling buffer (B-frames leave the decoder together): then it goes
-        to the next buffer, so a model that keeps up gets more than the last of each burst.
+        with the one in the filling buffer (B-frames leave the decoder together) while the model
+        waits in :meth:`seal`: then it goes to the next buffer, so a model that keeps up gets
+        more than the last of each burst.
         """
         while True:
             if self._frozen or rows.frozen:
@@ -490,10 +496,12 @@ class BatchPool:
             else:
                 seq = max(seq, rows.next_seq - 1)
                 newest = self._open.get(seq)
-                # One buffer ahead at most: a camera catching up (every frame a "burst")
-                # must not fill the model's next batches with old frames.
+                # Only while the model waits for frames, and one buffer ahead at most: a
+                # model that is busy gets the newest frame, and a camera catching up (every
+                # frame a "burst") must not fill the model's next batches with old frames.
                 if (
                     burst
+                    and self._model_waiting
                     and seq == self._filling_seq
                     and newest is not None
                     and newest.written[slot]
@@ -617,7 +625,11 @@ class BatchPool:
                         if deadline <= now:
                             break
                         wait = deadline - now if wait is None else min(wait, deadline - now)
-                    self._cond.wait(None if wait is None else max(wait, 0.0005))
+                    self._model_waiting = True
+                    try:
+                        self._cond.wait(None if wait is None else max(wait, 0.0005))
+                    finally:
+                        self._model_waiting = False
                 if not ready and not self._open[self._filling_seq].written.any():
                     return None
                 while self._filling_seq + 1 not in self._open:
@@ -645,7 +657,24 @@ class BatchPool:
                 with self._cond:
                     self._first_frame_at = time.monotonic() if new.written.any() else None
             self.batches += 1
+            self._learn_take(time.monotonic())
             return Batch(cam_ids, old, self)
+
+    def _learn_take(self, now: float) -> None:
+        last, self._last_take = self._last_take, now
+        if last is not None:
+            self._take_gaps.append(now - last)
+
+    def next_take(self) -> tuple[float, float] | None:
+        """When the model is expected to take its next batch, and its usual interval (monotonic).
+
+        From the median of the last few intervals between batches; None until there are some.
+        """
+        last, gaps = self._last_take, list(self._take_gaps)
+        if last is None or len(gaps) < 3:
+            return None
+        gap = statistics.median(gaps)
+        return last + gap, gap
 
     def _finish(self, buf: _Buffer) -> None:
         """Decide each slot's validity; count what the batch hands out."""

@@ -87,6 +87,7 @@ class Camera:
     def _join(self) -> CameraRows:
         rows = self.pool.add(self.cam_id, self.policy)
         rows.on_room = self.wake
+        self.decoder.demand = self.pool.next_take if self.policy == "latest" else None
         return rows
 
     def wake(self) -> None:
@@ -99,7 +100,7 @@ class Camera:
     def set_policy(self, policy: Policy) -> None:
         self.policy = policy
         if self.rows.slot >= 0:  # a paused camera takes it when it joins again
-            self.rows = self.pool.add(self.cam_id, policy)
+            self.rows = self._join()
 
     def leave_batches(self) -> None:
         """Take the row out of the batches (pause); frames decoded meanwhile are counted."""

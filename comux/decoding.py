@@ -172,6 +172,10 @@ class CameraDecoder:
         self.key_interval: float | None = None  # seconds between keyframes, once steady
         self._skip_to_key = False
         self._key_gap: float | None = None
+        # When the model takes its next batch and its interval (``BatchPool.next_take``), for
+        # a "latest" camera without a rate: frames that will only be replaced are not decoded.
+        self.demand: Callable[[], tuple[float, float] | None] | None = None
+        self._lags: deque[float] = deque(maxlen=_INTERVAL_SAMPLES * 4)
 
     def _open(self) -> av.VideoCodecContext:
         ctx = cast(av.VideoCodecContext, av.CodecContext.create(self._codec_name, "r"))
@@ -256,8 +260,12 @@ class CameraDecoder:
             self._skip_to_key = False
             for frame in self._empty():  # frames held for B-frames, then a clean start
                 self._frame(frame)
-        rate, due, interval = self.config.rate, self._next_due, self.frame_interval
-        if rate is None or t is None or due is None or interval is None:
+        interval = self.frame_interval
+        if t is None or interval is None:
+            return False
+        self._lags.append(self._clock() - t)
+        due = self._next_due if self.config.rate is not None else self._due_by_demand(interval)
+        if due is None:
             return False
         slack = 1e-6 + 0.25 * interval
         if not key and is_disposable(data, self._codec_name):
@@ -273,6 +281,22 @@ class CameraDecoder:
             self.stats.skipped_to_keyframe += 1
             return True
         return False
+
+    def _due_by_demand(self, interval: float) -> float | None:
+        """Without ``rate``: the capture time from which frames may still be the newest when the
+        model takes its next batch; older ones would only be replaced.
+
+        Only when the model is clearly slower than the camera; a quarter of its interval (and a
+        frame) of margin keeps its jitter from costing it the newest frame.
+        """
+        take = self.demand() if self.demand is not None else None
+        if take is None or not self._lags:
+            return None
+        at, gap = take
+        if gap < 3 * interval:
+            return None
+        lag = min(self._lags)  # wall clock minus capture time, at its least: transit alone
+        return at - lag - 0.25 * gap - interval
 
     def _learn_keyframe(self, t: float | None) -> None:
         """Learn the keyframe interval; only one seen twice in a row counts as steady."""

@@ -401,19 +401,34 @@ def test_compiled_and_reference_writers_assemble_the_same_batches(small_video, p
             b.release()
 
 
-def test_latest_keeps_a_burst_for_consecutive_batches_and_replaces_otherwise():
-    p = pool("a")
-    rows = p.rows("a")
-    p.publish(rows, frame(1), 1)
-    p.publish(rows, frame(2), 2, burst=True)  # left the decoder with frame 1
-    p.publish(rows, frame(3), 3, burst=True)
-    p.publish(rows, frame(4), 4)  # a steady frame replaces the newest
+def takes(p: BatchPool, n: int) -> list[int]:
     got = []
-    for _ in range(3):
+    for _ in range(n):
         batch = p.seal(timeout=0.05)
         if batch is None:
             break
         with batch:
             got.append(int(batch.indices[0]))
-    assert got == [1, 4]  # never more than one buffer ahead of the filling one
+    return got
+
+
+def test_latest_keeps_a_burst_for_the_next_batch_while_the_model_waits():
+    p = pool("a", "b")
+    rows = p.rows("a")
+    p._model_waiting = True  # as while the model sits in seal(), waiting for "b"
+    p.publish(rows, frame(1), 1)
+    p.publish(rows, frame(2), 2, burst=True)  # left the decoder with frame 1
+    p.publish(rows, frame(3), 3, burst=True)
+    p.publish(rows, frame(4), 4)  # a steady frame replaces the newest
+    p._model_waiting = False
+    assert takes(p, 3) == [1, 4]  # never more than one buffer ahead of the filling one
     assert p.counters("a")["replaced"] == 2
+
+
+def test_latest_gives_a_busy_model_the_newest_frame_even_after_a_burst():
+    p = pool("a")
+    rows = p.rows("a")
+    p.publish(rows, frame(1), 1)
+    p.publish(rows, frame(2), 2, burst=True)  # nobody waits: no reason to keep frame 1
+    p.publish(rows, frame(3), 3)
+    assert takes(p, 2) == [3]

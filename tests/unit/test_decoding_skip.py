@@ -138,3 +138,37 @@ def test_one_delivery_per_gop_lands_on_the_keyframe_whatever_the_phase(gop25):
     assert times[1:] == [4.0, 5.0, 6.0, 7.0, 8.0, 9.0]  # then every keyframe, and only those
     assert fed(dec) - before <= 1 + 12 + 6  # that frame, the rest of its GOP, six keyframes
     check_intact(gop25, sink)
+
+
+def test_latest_without_rate_skips_what_a_slow_model_would_only_see_replaced(gop25):
+    from comux.decoding import CameraDecoder, DecoderConfig
+
+    lag, take_every, phase = 0.05, 1.0, 0.5  # transit; a model taking a batch a second at +0.5 s
+    clock = [0.0]
+    got: list[tuple[float, int]] = []  # (wall time delivered, offset)
+    dec = CameraDecoder(
+        "cam",
+        DecoderConfig(rate=None, width=320, height=240),
+        lambda offset, frame, msg: got.append((clock[0], offset)) if frame is not None else None,
+        clock=lambda: clock[0],
+    )
+
+    def next_take() -> tuple[float, float]:
+        k = (clock[0] - phase) // take_every + 1
+        return k * take_every + phase, take_every
+
+    dec.demand = next_take
+    msgs = messages(gop25)
+    for msg, p in zip(msgs, gop25, strict=True):
+        clock[0] = float(p.pts * p.time_base) + lag  # live: each packet arrives as captured
+        dec.decode(msg)
+    capture = {i: float(p.pts * p.time_base) for i, p in enumerate(gop25)}
+    learned = 3  # seconds: the keyframe interval and the lag are known from here on
+    decoded_after = [o for w, o in got if capture[o] >= learned]
+    assert len(decoded_after) <= 0.6 * (250 - learned * 25)
+    # At every take the newest frame decoded by then is the newest that had arrived, or at most
+    # one frame older: nothing the model would have seen was skipped.
+    for take in np.arange(learned + phase, 10, take_every):
+        newest = max(capture[o] for w, o in got if w <= take)
+        assert newest >= take - lag - 2 / FPS, (take, newest)
+    assert dec.stats.decode_errors == 0 and dec.stats.skipped_to_keyframe > 0
