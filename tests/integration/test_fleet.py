@@ -217,9 +217,9 @@ def test_fifo_backlog_every_offset_exactly_once(kafka_broker):
     per_frame = min(timings)
     compute = max(0.005, 1.5 * count * per_frame / (os.cpu_count() or 1))
 
-    # Memory it may take: the batch buffers, each camera's fifo queue (at most four times
-    # fifo_depth decoded yuv420p frames: the depth before the pause plus what was already
-    # fetched), the compressed backlog itself, and 64 MB for codec contexts, librdkafka's
+    # Memory it may take: the batch buffers, a few decoded yuv420p frames per camera waiting
+    # for a free row (bounded by 4 * fifo_depth here, generously), the compressed backlog
+    # itself (an upper bound on the packet queues), and 64 MB for codec contexts, librdkafka's
     # buffers, thread stacks and allocator slack. Decoding the whole backlog ahead would take
     # count * n yuv frames (250 MB at n=120): more than this bound.
     slot, yuv = width * height * 3, width * height * 3 // 2
