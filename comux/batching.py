@@ -335,6 +335,7 @@ class BatchPool:
         self._model_waiting = False  # the model is in seal(), waiting for frames
         self._last_take: float | None = None
         self._take_gaps: deque[float] = deque(maxlen=8)
+        self._take_gap: float | None = None  # their median, once there are three
         self.batches = 0
         self.bytes_copied = 0
 
@@ -495,19 +496,13 @@ class BatchPool:
                 seq = max(seq, rows.next_seq)
             else:
                 seq = max(seq, rows.next_seq - 1)
-                newest = self._open.get(seq)
                 # Only while the model waits for frames, and one buffer ahead at most: a
                 # model that is busy gets the newest frame, and a camera catching up (every
                 # frame a "burst") must not fill the model's next batches with old frames.
-                if (
-                    burst
-                    and self._model_waiting
-                    and seq == self._filling_seq
-                    and newest is not None
-                    and newest.written[slot]
-                    and seq + 1 in self._open
-                ):
-                    seq += 1
+                if burst and self._model_waiting and seq == self._filling_seq:
+                    newest = self._open.get(seq)
+                    if newest is not None and newest.written[slot] and seq + 1 in self._open:
+                        seq += 1
             buf = self._open.get(seq)
             if buf is None:
                 if seq >= self._next_seq:
@@ -664,16 +659,17 @@ class BatchPool:
         last, self._last_take = self._last_take, now
         if last is not None:
             self._take_gaps.append(now - last)
+            if len(self._take_gaps) >= 3:
+                self._take_gap = statistics.median(self._take_gaps)
 
     def next_take(self) -> tuple[float, float] | None:
         """When the model is expected to take its next batch, and its usual interval (monotonic).
 
         From the median of the last few intervals between batches; None until there are some.
         """
-        last, gaps = self._last_take, list(self._take_gaps)
-        if last is None or len(gaps) < 3:
+        last, gap = self._last_take, self._take_gap
+        if last is None or gap is None:
             return None
-        gap = statistics.median(gaps)
         return last + gap, gap
 
     def _finish(self, buf: _Buffer) -> None:

@@ -263,7 +263,8 @@ class CameraDecoder:
         interval = self.frame_interval
         if t is None or interval is None:
             return False
-        self._lags.append(self._clock() - t)
+        if self.demand is not None:
+            self._lags.append(self._clock() - t)
         due = self._next_due if self.config.rate is not None else self._due_by_demand(interval)
         if due is None:
             return False

@@ -234,6 +234,12 @@ class ModelLoop:
             return not self.thread.is_alive()
         return True
 
+    def close(self) -> None:
+        """Stop the loop and close its Comux, which wakes a get_batch the loop may be in."""
+        self.stop.set()
+        self.cameras.close(timeout=2)
+        self.halt(12)
+
 
 # -- blocking calls, timed -----------------------------------------------------------------------
 

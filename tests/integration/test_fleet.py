@@ -115,9 +115,7 @@ def test_silent_camera_does_not_stall_others(kafka_broker):
                 after = {c: model.valid_count(c, a0, a0 + window) / window for c in cams}
                 stats = _stats_line(cameras)
             finally:
-                model.stop.set()
-                cameras.close(timeout=2)
-                model.halt(12)
+                model.close()
     finally:
         fleet.close()
     print(
@@ -167,9 +165,7 @@ def test_ended_backlog_does_not_hold_back_live_cameras(kafka_broker):
                 from_ended = model.valid_count(ended, 0, math.inf)
                 stats = _stats_line(cameras)
             finally:
-                model.stop.set()
-                cameras.close(timeout=2)
-                model.halt(12)
+                model.close()
     finally:
         fleet.close()
     print(
@@ -330,9 +326,7 @@ def test_camera_changes_do_not_wait_for_get_batch(kafka_broker):
         assert new not in cameras.cam_ids and new not in cameras.stats()
     finally:
         print("\ncamera changes during get_batch(timeout=10): " + "; ".join(lines))
-        model.stop.set()
-        cameras.close(timeout=2)
-        model.halt(12)
+        model.close()
     assert model.error is None, repr(model.error)
 
 
@@ -349,9 +343,7 @@ def test_adding_100_cameras_does_not_wait_for_get_batch(kafka_broker):
         assert add.error is None and add.result["created"] == ids, repr(add.error)
         assert set(ids) <= set(cameras.cam_ids)
     finally:
-        model.stop.set()
-        cameras.close(timeout=2)
-        model.halt(12)
+        model.close()
     assert model.error is None, repr(model.error)
 
 
