@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, overload
+
+from confluent_kafka import TopicPartition
 
 from .batching import POLICIES, Allocator, Batch, BatchPool, Entry, Policy, frame_writer
 from .camera import Camera
 from .config import TopicSchema, resolve_bootstrap_servers
-from .consuming import CameraConsumer, ConsumerSettings, DecodeWorker
+from .consuming import START, CameraConsumer, ConsumerSettings, DecodeWorker
 from .control import Act, Control
 from .decoding import DecoderConfig, PixFmt
-from .errors import ConfigError, StateError, UnknownCameraError, UnknownIndexError
+from .errors import ConfigError, KafkaError, StateError, UnknownCameraError, UnknownIndexError
 from .logs import configure_logging
 from .producing import HeaderValue, ResultProducer
 from .registry import CameraSync, MongoConnect, sync_cameras
@@ -22,6 +26,21 @@ from .registry import CameraSync, MongoConnect, sync_cameras
 __all__ = ["Comux"]
 
 log = logging.getLogger("comux")
+
+_REVOKE_FLUSH_S = 5.0  # results of revoked cameras waited for, inside the group's rebalance
+
+
+def _as_index(index: Any) -> int:
+    """A frame's index is the Kafka offset of its packet: an int (numpy ints too)."""
+    if isinstance(index, bool):
+        raise ConfigError(f"index must be an int (a Kafka offset from the batch), got {index!r}")
+    try:
+        return operator.index(index)
+    except TypeError:
+        raise ConfigError(
+            f"index must be an int (a Kafka offset from the batch), got {index!r} "
+            f"({type(index).__name__})"
+        ) from None
 
 
 class Comux:
@@ -78,6 +97,8 @@ class Comux:
         self._fifo_depth = 256
         self._fifo_bytes = 4 << 20
         self._paused: set[str] = set()
+        self._in_hand: list[tuple[Camera, int]] = []  # the frames of the last batch handed out
+        self._on_delivery_error: Callable[[str, int, Exception], None] | None = None
         self.control: Control | None = None
         self.registry: MongoConnect | None = None
         self._sync: CameraSync | None = None
@@ -154,6 +175,10 @@ class Comux:
         *,
         overwrite: bool | None = None,
         connect_timeout: float = 10.0,
+        start: str | None = None,
+        group_id: str = "comux",
+        instance_id: str | None = None,
+        commit_interval: float = 1.0,
         **consumer_options: Any,
     ) -> None:
         """Create the Kafka consumer and check that a broker answers.
@@ -161,6 +186,14 @@ class Comux:
         :param bootstrap_servers: list or comma-separated string
             (default: ``$COMUX_BOOTSTRAP_SERVERS``).
         :param end: start from the end of each topic (live); False starts from the earliest offset.
+        :param start: ``"end"``, ``"earliest"`` or ``"committed"``: resume each camera where the
+            group committed last (after its results were delivered), falling back to the end, or
+            to the earliest offset with ``end=False``, when it has no commit. Default: ``end``.
+        :param group_id: the Kafka consumer group; processes sharing it share the cameras.
+        :param instance_id: a stable name for this worker (static membership): restarted under
+            the same name, it takes its cameras back at once instead of after the session
+            timeout. Unique per worker.
+        :param commit_interval: seconds between commits of done offsets.
         :param max_offset_diff: when a camera falls further behind the end of its topic, jump
             forward to near the end and count the skipped messages; None never jumps.
         :param strict_on_fail: raise BrokerUnavailableError when no broker answers within
@@ -170,6 +203,14 @@ class Comux:
         """
         if max_offset_diff is not None and max_offset_diff < 1:
             raise ConfigError(f"max_offset_diff must be >= 1 or None, got {max_offset_diff!r}")
+        if start is None:
+            start = "end" if end else "earliest"
+        if start not in START:
+            raise ConfigError(f"start must be one of {', '.join(START)}, got {start!r}")
+        if not isinstance(group_id, str) or not group_id:
+            raise ConfigError(f"group_id must be a non-empty str, got {group_id!r}")
+        if not commit_interval > 0:
+            raise ConfigError(f"commit_interval must be > 0, got {commit_interval!r}")
         with self._lock:
             replace = over_write if overwrite is None else overwrite
             if self._consumer is not None:
@@ -186,10 +227,15 @@ class Comux:
                 strict_on_fail=strict_on_fail,
                 options=consumer_options,
                 connect_timeout=connect_timeout,
+                start=start,
+                group_id=group_id,
+                instance_id=instance_id,
+                commit_interval=commit_interval,
             )
             consumer = CameraConsumer(
                 settings, self.consume_schema, decode_threads=self._decode_threads
             )
+            consumer.before_revoke = self._before_revoke
             try:
                 consumer.check()
             except Exception:
@@ -198,6 +244,7 @@ class Comux:
                     raise
                 log.exception("consumers: broker not reachable yet; retrying in the background")
             self._consumer = consumer
+            self._wire()
             if self._started:
                 self.start()
 
@@ -229,8 +276,8 @@ class Comux:
             or ``"gray"``.
         :param policy: ``"latest"`` keeps each camera's newest frame (older ones are counted as
             replaced); ``"fifo"`` hands out every frame once, in order, each in its own batch.
-            Default: ``"fifo"`` when consuming from the earliest offset (``end=False``: the
-            backlog was asked for), ``"latest"`` when starting at the end.
+            Default: ``"fifo"`` when a backlog was asked for (``start="earliest"`` or
+            ``"committed"``), ``"latest"`` when starting at the end.
         :param max_wait: release a batch this long after its first frame even when some cameras
             have no frame yet (their slots are marked invalid).
         :param stall_timeout: a camera with no new frame for this long stops holding batches
@@ -272,8 +319,8 @@ class Comux:
     def _default_policy(self) -> Policy:
         if self._policy is not None:
             return self._policy
-        end = self._consumer.settings.end if self._consumer is not None else True
-        return "latest" if end else "fifo"
+        start = self._consumer.settings.start if self._consumer is not None else "end"
+        return "latest" if start == "end" else "fifo"
 
     def setup_producer(
         self,
@@ -283,9 +330,19 @@ class Comux:
         *,
         overwrite: bool | None = None,
         connect_timeout: float = 10.0,
+        transactional_id: str | None = None,
+        on_delivery_error: Callable[[str, int, Exception], None] | None = None,
         **producer_options: Any,
     ) -> None:
-        """Create the producer used by :meth:`send`; options go to librdkafka untouched."""
+        """Create the idempotent producer used by :meth:`send`.
+
+        :param transactional_id: exactly-once: the results of each batch and its input offsets
+            are committed in one transaction when the model moves past the batch. Unique per
+            worker and stable across its restarts.
+        :param on_delivery_error: ``f(cam_id, index, error)`` for each result Kafka did not
+            take; it is also counted per camera and its offset is never committed.
+        :param producer_options: librdkafka options, passed through untouched.
+        """
         with self._lock:
             replace = over_write if overwrite is None else overwrite
             if self._producer is not None:
@@ -297,7 +354,15 @@ class Comux:
                 strict_on_fail=strict_on_fail,
                 options=producer_options,
                 connect_timeout=connect_timeout,
+                transactional_id=transactional_id,
             )
+            self._on_delivery_error = on_delivery_error
+            self._wire()
+
+    def _wire(self) -> None:
+        """With a transactional producer the offsets go into its transactions instead."""
+        if self._consumer is not None:
+            self._consumer.commits = not (self._producer and self._producer.transactional)
 
     def setup_controller(
         self,
@@ -475,7 +540,12 @@ class Comux:
         self._known(cam_id)
         if self._pool is None or cam_id not in self._pool:
             raise StateError(f"camera {cam_id!r} is not connected: call start() first")
-        return self._pool.take(cam_id, timeout)
+        self._move_on()
+        entry = self._pool.take(cam_id, timeout)
+        camera = self._cameras.get(cam_id)
+        if entry is not None and camera is not None:
+            self._in_hand = [(camera, entry[1])]
+        return entry
 
     @overload
     def get_batch(
@@ -494,29 +564,124 @@ class Comux:
         array in preallocated memory, shared without a copy (``torch.from_dlpack(batch.frames)``);
         call ``batch.release()`` or use ``with`` when done. Without it, a list of
         ``(cam_id, index, frame or None)`` with frames copied out, as the original API returned.
+
+        Calling it again says the model is done with the previous batch (see :meth:`ack`).
         """
         if self._pool is None:
             raise StateError("call setup_decoders() and start() first")
         if self._closed:
             raise StateError("this Comux is closed")
+        self._move_on()
         batch = self._pool.seal(timeout)
-        if batch is None or stacked:
+        if batch is None:
+            return None
+        cameras = self._cameras
+        in_hand = [
+            (cameras[c], int(i))
+            for c, i in zip(batch.cam_ids, batch.indices, strict=True)
+            if i >= 0 and c in cameras
+        ]
+        self._in_hand = in_hand
+        batch.on_ack = lambda: self._ack(in_hand)
+        if stacked:
             return batch
         with batch:
             return [(c, i, None if f is None else f.copy()) for c, i, f in batch]
 
+    def ack(self, cam_id: str, index: int) -> None:
+        """Say the model is done with ``cam_id``'s frame ``index``: once the results sent for it
+        are delivered, its input offset may be committed. ``get_batch`` does it for the previous
+        batch; call it (or ``batch.ack()``) to commit sooner.
+        """
+        camera = self._cameras.get(cam_id)
+        if camera is None:
+            raise UnknownCameraError(cam_id)
+        camera.ledger.ack(_as_index(index))
+
+    def _ack(self, frames: list[tuple[Camera, int]]) -> None:
+        for camera, index in frames:
+            camera.ledger.ack(index)
+
+    def _move_on(self) -> None:
+        """The model is done with the last batch: ack it, and commit it when transactional."""
+        frames, self._in_hand = self._in_hand, []
+        self._ack(frames)
+        producer = self._producer
+        if producer is not None and producer.transactional and frames:
+            self._commit_transaction(list(self._cameras.values()))
+
+    def _commit_transaction(self, cameras: list[Camera]) -> None:
+        """Exactly-once: the batch's results and the done input offsets in one transaction."""
+        producer, consumer = self._producer, self._consumer
+        assert producer is not None
+        if consumer is None:
+            return
+        producer.flush(10.0)  # the delivery reports decide which offsets are done
+        points = [(c, c.ledger.commit_point()) for c in cameras if c.committable]
+        offsets = [TopicPartition(c.topic, 0, p) for c, p in points if p is not None]
+        if producer.commit_transaction(offsets, consumer.group_metadata()):
+            for camera, point in points:
+                if point is not None:
+                    camera.ledger.committed = point
+
+    def _before_revoke(self, cameras: list[Camera]) -> None:
+        """Poll thread, before cameras move to another worker: their results go out first."""
+        producer = self._producer
+        if producer is None:
+            return
+        if producer.transactional:
+            self._commit_transaction(cameras)
+        else:
+            producer.flush(_REVOKE_FLUSH_S)
+
     def send(
         self, cam_id: str, index: int, headers: Mapping[str, HeaderValue] | None = None
     ) -> None:
-        """Produce the original packet of ``index`` to the output topic, with ``headers``."""
+        """Produce the original packet of ``index`` to the output topic, with ``headers``.
+
+        Call it before the next ``get_batch``: then the packet's input offset is committed only
+        once this result is delivered. Header values: str and bytes as they are, anything else
+        as JSON (NaN and infinities as the strings "NaN", "Infinity", "-Infinity"); names
+        starting with ``comux-`` are reserved.
+        """
+        if self._closed:
+            raise StateError("this Comux is closed")
         self._known(cam_id)
+        index = _as_index(index)
         if self._producer is None:
             raise StateError("call setup_producer() first")
         camera = self._cameras.get(cam_id)
         msg = camera.cache.get(index) if camera is not None else None
-        if msg is None:
+        if camera is None or msg is None:
             raise UnknownIndexError(cam_id, index)
-        self._producer.send(self.produce_schema.topic(cam_id), msg, headers, key=msg.key())
+        ledger = camera.ledger
+        tracked = ledger.sending(index)
+        on_error = self._on_delivery_error
+
+        def delivered(err: Any) -> None:
+            if tracked:
+                ledger.delivered(index, err is None)
+            if err is not None and on_error is not None:
+                on_error(cam_id, index, KafkaError(str(err), err.code()))
+
+        try:
+            self._producer.send(
+                self.produce_schema.topic(cam_id),
+                msg,
+                headers,
+                key=msg.key(),
+                on_delivery=delivered,
+            )
+        except Exception:
+            if tracked:
+                ledger.delivered(index, False)  # never committed past a result not sent
+            raise
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait for the results sent so far; return how many are still undelivered."""
+        if self._producer is None:
+            return 0
+        return self._producer.flush(timeout)
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Counters per camera: packets, frames delivered, errors and every kind of skip."""
@@ -524,13 +689,20 @@ class Comux:
 
     # -- lifetime ----------------------------------------------------------------------------
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop every thread (bounded by ``timeout``), flush results and close the clients."""
+    def close(self, timeout: float = 10.0) -> int:
+        """Stop every thread, deliver the results sent, commit what is done and close the
+        clients, all within ``timeout``; return how many results could not be delivered.
+
+        The batch in the model's hands when it closes is not done: its offsets stay
+        uncommitted and a restart with ``start="committed"`` reads it again.
+        """
+        deadline = time.monotonic() + timeout
         # Never wait on another thread's setup for long: closing must work from any thread.
         locked = self._lock.acquire(timeout=timeout / 10)
+        undelivered = 0
         try:
             if self._closed:
-                return
+                return 0
             self._closed = True
             self._sync_stop.set()
             if self._pool is not None:
@@ -539,13 +711,17 @@ class Comux:
                 self.registry.close()
             if self.control is not None:
                 self.control.kill(timeout / 5)
-            if self._consumer is not None:
-                self._consumer.close(timeout * 2 / 5)
             if self._producer is not None:
-                self._producer.close(timeout / 5)
+                # Deliveries first: the consumer's last commit counts only delivered results.
+                self._producer.flush(max(0.0, (deadline - time.monotonic()) / 3))
+            if self._consumer is not None:
+                self._consumer.close(max(0.0, (deadline - time.monotonic()) * 2 / 3))
+            if self._producer is not None:
+                undelivered = self._producer.close(max(0.0, deadline - time.monotonic()))
         finally:
             if locked:
                 self._lock.release()
+        return undelivered
 
     def __enter__(self) -> Comux:
         return self

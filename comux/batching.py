@@ -150,6 +150,7 @@ class CameraRows:
         self.next_seq = 0  # fifo: the batch its next frame goes to
         self.blocked = False  # fifo: waits for a buffer to open
         self.on_room: Callable[[], None] | None = None
+        self.on_replaced: Callable[[int], None] | None = None  # gets the replaced frame's index
         self.last_frame_at: float | None = None  # monotonic; None until the first frame
         self.interval: float | None = None  # learned seconds between frames
         self.holding = True  # a live camera holds batches back until it falls quiet
@@ -185,7 +186,7 @@ class Batch:
     which every accessor raises :class:`BatchReleasedError`. :meth:`copy` detaches.
     """
 
-    __slots__ = ("cam_ids", "_buffer", "_pool", "_n", "_released")
+    __slots__ = ("cam_ids", "_buffer", "_pool", "_n", "_released", "on_ack")
 
     def __init__(self, cam_ids: list[str], buffer: _Buffer, pool: BatchPool | None) -> None:
         self.cam_ids = cam_ids
@@ -193,6 +194,14 @@ class Batch:
         self._pool = pool
         self._n = len(cam_ids)
         self._released = False
+        self.on_ack: Callable[[], None] | None = None
+
+    def ack(self) -> None:
+        """Say the model is done with this batch: once its results are delivered, its offsets
+        may be committed. The next ``get_batch`` does it too; acking twice is harmless."""
+        on_ack, self.on_ack = self.on_ack, None
+        if on_ack is not None:
+            on_ack()
 
     def _live(self) -> _Buffer:
         if self._released:
@@ -514,6 +523,7 @@ class BatchPool:
             rows.writing = None
         try:
             first = not buf.written[slot]
+            replaced = -1 if first else int(buf.indices[slot])
             if frame is not None:
                 out = buf.frames[slot]
                 if self._writer is not None:
@@ -529,6 +539,8 @@ class BatchPool:
             rows.writing = None
         if not first:
             rows.replaced += 1
+            if rows.on_replaced is not None:
+                rows.on_replaced(replaced)
         rows.next_seq = seq + 1
         self._tick(rows, wake=first and seq == self._filling_seq)
         return "written"

@@ -20,6 +20,7 @@ import av
 
 from .batching import BatchPool, CameraRows, Policy
 from .decoding import CameraDecoder, DecoderConfig, Message, PacketCache
+from .offsets import OffsetLedger
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -29,6 +30,7 @@ __all__ = ["Camera", "Scheduler"]
 log = logging.getLogger("comux.camera")
 
 _BURST = 8  # packets decoded per turn, so cameras take turns at the decode threads
+_RESET: Any = object()  # in the inbox: the partition was revoked; what follows is a new start
 IDLE, QUEUED, RUNNING, AGAIN = range(4)  # a camera's turn: see consuming.DecodePool
 REPLAY_SILENCE, LIVE_SILENCE = 0.2, 1.0  # see Camera.silent_for
 
@@ -66,6 +68,7 @@ class Camera:
         self.pool = pool
         self.decoder = CameraDecoder(cam_id, config, self._deliver)
         self.cache = PacketCache()
+        self.ledger = OffsetLedger()
         self.inbox: deque[Message] = deque()
         self._held: deque[tuple[av.VideoFrame | None, int, int | None]] = deque()
         self.scheduler: Scheduler | None = None
@@ -74,6 +77,8 @@ class Camera:
         self.fetch_paused = False  # by backpressure, set by the poll thread
         self.user_paused = False
         self.armed = False  # max_offset_diff applies (from the start, or once caught up)
+        self.assigned = False  # its partition is assigned to this process
+        self._resetting = False  # revoked: the ledger is stale until the decoder has reset
         self.on_fetch: Callable[[Camera], None] | None = None  # asks the poll thread to resume
         self.last_packet_at = time.monotonic()
         self.arrival_gap = 1.0  # seconds between packets, smoothed
@@ -87,6 +92,7 @@ class Camera:
     def _join(self) -> CameraRows:
         rows = self.pool.add(self.cam_id, self.policy)
         rows.on_room = self.wake
+        rows.on_replaced = self.ledger.drop
         self.decoder.demand = self.pool.next_take if self.policy == "latest" else None
         return rows
 
@@ -105,6 +111,24 @@ class Camera:
     def leave_batches(self) -> None:
         """Take the row out of the batches (pause); frames decoded meanwhile are counted."""
         self.pool.remove(self.cam_id)
+        self.ledger.drop_unsent()
+
+    @property
+    def committable(self) -> bool:
+        """Whether its ledger speaks for its partition now."""
+        return self.assigned and not self._resetting and not self.closed
+
+    def revoked(self) -> None:
+        """Its partition went to another process (poll thread): leave the batches, start afresh.
+
+        The decode thread resets the decoder and the ledger when it reaches the marker, so that
+        packets of a later assignment are never decoded against the old references.
+        """
+        self._resetting = True
+        if self.rows.slot >= 0:
+            self.pool.remove(self.cam_id)
+        self.inbox.append(_RESET)
+        self.wake()
 
     def join_batches(self) -> None:
         self.rows = self._join()
@@ -153,10 +177,14 @@ class Camera:
         for _ in range(_BURST):
             try:
                 msg = self.inbox.popleft()
-                self.inbox_bytes -= len(msg.value() or b"")
             except IndexError:
                 break
+            if msg is _RESET:
+                self._reset()
+                continue
+            self.inbox_bytes -= len(msg.value() or b"")
             self.decoder.decode(msg)
+            self.ledger.frontier = self.decoder.frontier()
             if self._held:
                 break
         if self.flush_due and not self.inbox and not self._held:
@@ -167,6 +195,12 @@ class Camera:
         if self.inbox and not self._held:
             self.wake()
 
+    def _reset(self) -> None:
+        self._held.clear()
+        self.decoder.restart()
+        self.ledger.reset()
+        self._resetting = _RESET in self.inbox
+
     def _has_room(self) -> bool:
         # Resume at half: refetching after a pause takes a few fetch round trips, which the
         # other half covers, so the decoder never starves on a backlog.
@@ -174,6 +208,7 @@ class Camera:
 
     def _deliver(self, index: int, frame: av.VideoFrame | None, msg: Message) -> None:
         self.cache.put(index, msg)
+        self.ledger.hold(index)
         item = (frame, index, None if frame is None else frame.pts)
         if self._held or not self._publish(item):
             self._held.append(item)
@@ -193,6 +228,7 @@ class Camera:
             rows.blocked = False
         if result == "gone":
             self.decoder.stats.not_batched += 1  # paused or deleted while it decoded
+            self.ledger.drop(item[1])
         return True
 
     def _publish_held(self) -> bool:

@@ -19,7 +19,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    OFFSET_STORED,
+    Consumer,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka import KafkaError as RdKafkaError
 
 from .camera import AGAIN, IDLE, QUEUED, RUNNING, Camera
@@ -40,9 +47,17 @@ log = logging.getLogger("comux.consuming")
 _STOP = object()
 
 
+START = ("end", "earliest", "committed")
+
+
 @dataclass
 class ConsumerSettings:
-    """What ``setup_consumers`` chose; ``options`` go to librdkafka untouched."""
+    """What ``setup_consumers`` chose; ``options`` go to librdkafka untouched.
+
+    ``start`` is where a camera starts when it is assigned: the ``"end"`` of its topic (live),
+    the ``"earliest"`` offset, or where the group ``"committed"`` last, falling back to the end
+    (``end=True``) or the earliest offset when the group has no commit for it.
+    """
 
     bootstrap_servers: str
     end: bool = True
@@ -50,6 +65,10 @@ class ConsumerSettings:
     strict_on_fail: bool = True
     options: Mapping[str, Any] | None = None
     connect_timeout: float = 10.0
+    start: str = "end"
+    group_id: str = "comux"
+    instance_id: str | None = None
+    commit_interval: float = 1.0
 
     @property
     def cooperative(self) -> bool:
@@ -61,26 +80,44 @@ class ConsumerSettings:
 
     def librdkafka_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {
-            "group.id": "comux",
+            "group.id": self.group_id,
+            # Offsets are committed explicitly, from the ledger of delivered results
+            # (comux/offsets.py): neither auto-commit nor a stored offset can know when a
+            # frame's results were delivered.
             "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
             "auto.offset.reset": "latest" if self.end else "earliest",
             "topic.metadata.refresh.interval.ms": 10_000,
             "fetch.wait.max.ms": 10,
             # Adding a camera must not stop the others: only the new partitions move.
             "partition.assignment.strategy": "cooperative-sticky",
+            # A worker killed with -9 releases its cameras to the others after 10 s, not 45.
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
             "client.id": f"comux-{os.getpid()}",
             "logger": logging.getLogger("comux.kafka"),
         }
+        if self.instance_id is not None:
+            # Static membership: a worker restarted under the same id takes its cameras back
+            # at once instead of waiting for the dead member's session to time out.
+            config["group.instance.id"] = self.instance_id
         config.update(self.options or {})
         if config.get("group.protocol") == "consumer":
-            del config["partition.assignment.strategy"]  # the broker assigns under KIP-848
+            # The broker assigns and times sessions out under KIP-848.
+            for key in (
+                "partition.assignment.strategy",
+                "session.timeout.ms",
+                "heartbeat.interval.ms",
+            ):
+                config.pop(key, None)
         config["bootstrap.servers"] = self.bootstrap_servers
         return config
 
     def __repr__(self) -> str:
         return (
-            f"ConsumerSettings(bootstrap_servers={self.bootstrap_servers!r}, end={self.end}, "
-            f"max_offset_diff={self.max_offset_diff}, options={redact(self.options or {})})"
+            f"ConsumerSettings(bootstrap_servers={self.bootstrap_servers!r}, start={self.start!r}, "
+            f"group_id={self.group_id!r}, max_offset_diff={self.max_offset_diff}, "
+            f"options={redact(self.options or {})})"
         )
 
 
@@ -98,11 +135,16 @@ def check_broker(client: Any, servers: str, timeout: float) -> None:
         raise BrokerUnavailableError(f"no Kafka broker answered at {servers} within {timeout:g} s")
 
 
-def close_within(consumer: Consumer, timeout: float) -> None:
-    """Close a consumer, waiting at most ``timeout``: leaving the group waits on the broker."""
+def close_within(
+    consumer: Consumer, timeout: float, before: Callable[[], None] | None = None
+) -> None:
+    """Close a consumer (after ``before``), waiting at most ``timeout``: leaving the group and
+    committing wait on the broker."""
 
     def close() -> None:
         try:
+            if before is not None:
+                before()
             consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("closing a consumer: %s", exc)
@@ -195,7 +237,9 @@ class CameraConsumer:
     ) -> None:
         self.settings = settings
         self.schema = schema
-        self._consumer = Consumer(settings.librdkafka_config(), error_cb=self._error_cb)
+        self._consumer = Consumer(
+            settings.librdkafka_config(), error_cb=self._error_cb, on_commit=self._on_commit
+        )
         self._cameras: dict[str, Camera] = {}
         self._next_fetch: dict[tuple[str, int], int] = {}
         threads = decode_threads or os.cpu_count() or 1
@@ -208,6 +252,11 @@ class CameraConsumer:
         self._rebalance_since: float | None = None  # set by a subscription change until assigned
         self.unknown_topic_errors = 0
         self.poll_errors = 0
+        self.commit_errors = 0
+        self.refused_partitions: set[tuple[str, int]] = set()
+        # Set by Comux: wait for the results of cameras about to be revoked (bounded).
+        self.before_revoke: Callable[[list[Camera]], None] | None = None
+        self.commits = True  # False while a transactional producer commits the offsets
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -217,7 +266,8 @@ class CameraConsumer:
     def add(self, camera: Camera) -> None:
         """Give ``camera`` to the decode threads and subscribe to its topic."""
         camera.decoder.max_offset_diff = self.settings.max_offset_diff
-        camera.armed = self.settings.end  # a backlog asked for (end=False) is read, not skipped
+        # A backlog asked for (earliest, committed) is read before max_offset_diff applies.
+        camera.armed = self.settings.start == "end"
         camera.on_fetch = self._request_resume
         camera.scheduler = self.decoders
         camera.thread = self.decoders.workers[0]
@@ -294,30 +344,135 @@ class CameraConsumer:
         self._subscribed = topics
         if topics:
             self._rebalance_since = time.monotonic()
-            self._consumer.subscribe(topics, on_assign=self._on_assign)
+            self._consumer.subscribe(
+                topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            )
         else:
             self._consumer.unsubscribe()
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._rebalance_since = None
-        # Live video starts where the settings say, never at a stale committed offset.
-        start = OFFSET_END if self.settings.end else OFFSET_BEGINNING
+        start = {"end": OFFSET_END, "earliest": OFFSET_BEGINNING, "committed": OFFSET_STORED}[
+            self.settings.start
+        ]
+        taken = []
         for tp in partitions:
+            if tp.partition != 0:
+                self._refuse(tp)
+                continue
             # A partition this process already read (an eager rebalance) resumes where it was.
             tp.offset = self._next_fetch.get((tp.topic, tp.partition), start)
+            taken.append(tp)
         try:
             if self.settings.cooperative:
-                consumer.incremental_assign(partitions)
+                consumer.incremental_assign(taken)
             else:
-                consumer.assign(partitions)
+                consumer.assign(taken)
         except KafkaException as exc:  # raising here would kill the poll thread
             log.warning("assignment failed (closing?): %s", exc)
             return
-        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
-        topics = {tp.topic for tp in partitions}
+        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in taken))
+        topics = {tp.topic for tp in taken}
         for camera in list(self._cameras.values()):
-            if camera.topic in topics and (camera.fetch_paused or camera.user_paused):
+            if camera.topic not in topics:
+                continue
+            camera.assigned = True
+            if camera.rows.slot < 0 and not camera.user_paused and not camera.closed:
+                camera.join_batches()  # it was revoked earlier: it joins the batches again
+            if camera.fetch_paused or camera.user_paused:
                 self._apply_pause(camera)
+
+    def _refuse(self, tp: TopicPartition) -> None:
+        """A camera is one topic read in order by one process: partitions past 0 are left alone."""
+        if (tp.topic, tp.partition) not in self.refused_partitions:
+            self.refused_partitions.add((tp.topic, tp.partition))
+            log.error(
+                "topic %s has more than one partition: comux reads partition 0 only, %d is "
+                "not consumed (a camera's packets must stay in order in one partition)",
+                tp.topic,
+                tp.partition,
+            )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Another member takes these cameras: hand in their results and commit, then let go.
+
+        Their frames leave the batches at once; the results already sent are waited for
+        (bounded by ``before_revoke``) so that the commit covers them.
+        """
+        revoked = self._cameras_of(partitions)
+        for camera in revoked:
+            camera.assigned = False
+        if revoked and self.before_revoke is not None:
+            self.before_revoke(revoked)
+        self._commit(revoked, asynchronous=False)
+        self._let_go(consumer, partitions, revoked)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The group moved on without us (session timed out): nothing may be committed."""
+        revoked = self._cameras_of(partitions)
+        log.warning("lost %d partitions to the group: not committing them", len(partitions))
+        self._let_go(consumer, partitions, revoked)
+
+    def _cameras_of(self, partitions: list[TopicPartition]) -> list[Camera]:
+        topics = {tp.topic for tp in partitions if tp.partition == 0}
+        return [c for c in list(self._cameras.values()) if c.topic in topics]
+
+    def _let_go(
+        self, consumer: Consumer, partitions: list[TopicPartition], cameras: list[Camera]
+    ) -> None:
+        for camera in cameras:
+            camera.assigned = False
+            camera.revoked()
+        for tp in partitions:
+            self._next_fetch.pop((tp.topic, tp.partition), None)
+        mine = [tp for tp in partitions if tp.partition == 0]
+        try:
+            if self.settings.cooperative:
+                consumer.incremental_unassign(mine)
+            else:
+                consumer.unassign()
+        except KafkaException as exc:
+            log.warning("unassign failed: %s", exc)
+        if mine:
+            log.info("revoked %s", ", ".join(tp.topic for tp in mine))
+
+    def _commit(self, cameras: list[Camera], *, asynchronous: bool = True) -> None:
+        """Commit each camera's done offsets (see comux/offsets.py); never one it committed."""
+        if not self.commits:
+            return
+        offsets = []
+        for camera in cameras:
+            point = camera.ledger.commit_point()
+            ledger = camera.ledger
+            if point is not None and point != ledger.requested and camera.committable:
+                ledger.requested = point
+                offsets.append(TopicPartition(camera.topic, 0, point))
+        if not offsets:
+            return
+        try:
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self._on_commit(None, self._consumer.commit(offsets=offsets, asynchronous=False))
+        except KafkaException as exc:
+            self._on_commit(exc.args[0], offsets)
+
+    def _on_commit(self, err: RdKafkaError | None, partitions: list[TopicPartition]) -> None:
+        failed = err is not None and err.code() != RdKafkaError._NO_OFFSET
+        if failed:
+            self.commit_errors += 1
+            log.warning("commit failed: %s", err)
+        for tp in partitions:
+            try:
+                camera = self._cameras.get(self.schema.cam_id(tp.topic))
+            except ValueError:
+                continue
+            if camera is None:
+                continue
+            if failed or tp.error is not None:
+                camera.ledger.requested = -1  # try again at the next round
+            elif tp.offset > camera.ledger.committed:
+                camera.ledger.committed = tp.offset
 
     # -- running -----------------------------------------------------------------------------
 
@@ -327,17 +482,33 @@ class CameraConsumer:
             self._thread.start()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop polling and decoding within ``timeout`` seconds and close the consumer."""
+        """Stop polling and decoding, commit what is done and close, within ``timeout`` seconds.
+
+        librdkafka's close can wait on the group coordinator and on commits for long when the
+        brokers are down: it runs in a thread given what is left of ``timeout``.
+        """
         deadline = time.monotonic() + timeout
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(max(0.0, deadline - time.monotonic()))
         self.decoders.stop(deadline)
         if not self._thread.is_alive():
-            close_within(self._consumer, deadline - time.monotonic())
+            close_within(self._consumer, deadline - time.monotonic(), before=self._final_commit)
+
+    def _final_commit(self) -> None:
+        self._commit(list(self._cameras.values()), asynchronous=False)
+
+    def group_metadata(self) -> Any:
+        """For a transactional producer's ``send_offsets_to_transaction``."""
+        return self._consumer.consumer_group_metadata()
+
+    def commit(self) -> None:
+        """Ask the poll thread to commit every camera's done offsets now (asynchronously)."""
+        self._commands.put(lambda: self._commit(list(self._cameras.values())))
 
     def _run(self) -> None:
         next_lag_check = 0.0
+        next_commit = time.monotonic() + self.settings.commit_interval
         while not self._stop.is_set():
             while True:
                 try:
@@ -364,6 +535,9 @@ class CameraConsumer:
             if now >= next_lag_check:
                 next_lag_check = now + 0.05
                 self._check_lag()
+            if now >= next_commit:
+                next_commit = now + self.settings.commit_interval
+                self._commit(list(self._cameras.values()))
 
     def _route(self, msg: Any) -> None:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()

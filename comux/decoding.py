@@ -114,6 +114,7 @@ _INTERVAL_SAMPLES = 16
 _PTS_LIMIT = 2**63 - 1
 # A capture clock that goes back further than this means the camera restarted.
 _RESTART_S = 1.0
+_REORDER_LIMIT = 32  # packets: 16 reference frames (H.264 DPB) plus frame-thread delay
 
 
 def _time_base(value: bytes) -> tuple[int, int] | None:
@@ -151,7 +152,8 @@ class CameraDecoder:
         self._deliver = deliver
         self._codec_name = CODECS[config.codec.lower()]
         self._ctx = self._open()
-        self._in_decoder = 0  # packets in, minus frames out
+        # Offsets of the packets in the decoder whose frames have not come out, oldest first.
+        self._inside: OrderedDict[int, None] = OrderedDict()
         self._scaler = VideoReformatter()
         self._await_keyframe = True
         self.closed = False
@@ -183,6 +185,17 @@ class CameraDecoder:
         ctx.copy_opaque = True
         return ctx
 
+    def restart(self) -> None:
+        """Forget the stream: the next packet may come from anywhere (a new assignment)."""
+        self._ctx = self._open()
+        self._inside.clear()
+        self._await_keyframe = True
+        self._skip_to_key = False
+        self.last_offset = -1
+        self.skip_below = -1
+        self._synced_to = -1
+        self._next_due = None
+
     def set_rate(self, rate: float | None) -> None:
         self.config = dataclasses.replace(self.config, rate=rate)
         self._next_due = None  # a due time of the old rate could hold the new one back
@@ -200,7 +213,7 @@ class CameraDecoder:
             self._await_keyframe = True
             self._skip_to_key = False
             self._ctx = self._open()
-            self._in_decoder = 0
+            self._inside.clear()
         self.last_offset = offset
         data = msg.value()
         if not data:
@@ -230,14 +243,14 @@ class CameraDecoder:
         packet = av.Packet(data)
         packet.opaque = (msg, seconds)
         packet.pts = pts  # the decoder carries it to the frame, reordered with it
-        self._in_decoder += 1
+        self._inside[offset] = None
         try:
             frames = self._ctx.decode(packet)
         except av.FFmpegError as exc:
+            self._inside.pop(offset, None)
             self._fail(msg, f"{type(exc).__name__}: {exc}")
             return
         for frame in frames:
-            self._in_decoder -= 1
             self._frame(frame)
 
     def _skip(self, data: bytes, key: bool, t: float | None) -> bool:
@@ -334,7 +347,14 @@ class CameraDecoder:
     @property
     def holds_frames(self) -> bool:
         """Whether packets went in whose frames have not come out (B-frame delay)."""
-        return self._in_decoder > 0
+        return bool(self._inside)
+
+    def frontier(self) -> int:
+        """The oldest offset that may still give a frame: the oldest packet in the decoder, else
+        the one after the last packet decoded (-1 before any)."""
+        for offset in self._inside:
+            return offset
+        return self.last_offset + 1 if self.last_offset >= 0 else -1
 
     def flush(self) -> None:
         """Hand out the frames held back for B-frames, once the stream has stopped.
@@ -386,8 +406,11 @@ class CameraDecoder:
     def _frame(self, frame: av.VideoFrame) -> None:
         self.stats.frames += 1
         if frame.opaque is None:
+            if self._inside:
+                self._inside.popitem(last=False)
             return  # the decoder made this frame up (a concealed reference): no packet, no slot
         msg, seconds = cast("tuple[Message, float | None]", frame.opaque)
+        self._left(msg.offset())
         t = self._clock() if seconds is None else seconds
         self._observe(t)
         if self._await_keyframe:
@@ -413,6 +436,16 @@ class CameraDecoder:
             )
         self.stats.delivered += 1
         self._deliver(msg.offset(), frame, msg)
+
+    def _left(self, offset: int) -> None:
+        """The frame of ``offset`` came out; packets far older never will (a decoder that
+        swallowed one): a frame comes out at most a DPB's worth of packets late."""
+        self._inside.pop(offset, None)
+        while self._inside:
+            oldest = next(iter(self._inside))
+            if oldest >= offset - _REORDER_LIMIT:
+                break
+            del self._inside[oldest]
 
     def _observe(self, t: float) -> None:
         """Learn the frame interval from capture times; the median shrugs off gaps and jitter."""
@@ -474,7 +507,7 @@ class CameraDecoder:
         except av.FFmpegError:
             held = []
             self._ctx = self._open()
-        self._in_decoder = 0
+        self._inside.clear()
         return held
 
 

@@ -1,0 +1,118 @@
+"""Which of a camera's input offsets are done, so that a commit never passes an undelivered result.
+
+A frame is done when the model has moved past its batch (the next ``get_batch``, or an ``ack``)
+and every ``send`` made for it has a successful delivery report. A message that gave no frame
+(skipped, failed, rate-limited, replaced by a newer frame) is done as soon as it leaves the
+decoder. The committable offset is the one after the longest run of done messages, in input
+order: ``min(oldest pending frame, decoder frontier)``. A delivery report alone never moves it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+__all__ = ["OffsetLedger"]
+
+
+@dataclass
+class _Pending:
+    seq: int  # order of arrival in the batches (B-frames leave the decoder out of offset order)
+    sends: int = 0  # sends without a delivery report yet
+    acked: bool = False  # the model moved past the batch that held it
+    failed: bool = False  # a delivery failed: the offset stays pending, never committed
+
+
+class OffsetLedger:
+    """One camera's frames between the decoder and a delivered result.
+
+    Threads: the decode thread calls :meth:`hold` and sets :attr:`frontier`, the batch sealer
+    :meth:`drop`, the model :meth:`ack` and :meth:`sending`, the producer's poll thread
+    :meth:`delivered`, the consumer's poll thread :meth:`commit_point`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._seq = 0
+        # The oldest offset that may still give a frame (set by the decode thread); -1: none
+        # decoded yet, nothing to commit.
+        self.frontier = -1
+        self.committed = -1  # the last offset committed (the next one to read)
+        self.requested = -1  # the last offset a commit was asked for
+        self.delivery_failed = 0
+        self.untracked_sends = 0  # sends after the model had moved past the frame
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def hold(self, offset: int) -> None:
+        """A frame of ``offset`` went to the batches (or waits for a row)."""
+        with self._lock:
+            self._seq += 1
+            self._pending[offset] = _Pending(self._seq)
+
+    def drop(self, offset: int) -> None:
+        """The frame will never be handed out: replaced, or its camera left the batches."""
+        with self._lock:
+            entry = self._pending.get(offset)
+            if entry is not None and entry.sends == 0 and not entry.failed:
+                del self._pending[offset]
+
+    def drop_unsent(self) -> None:
+        """The camera left the batches (paused): frames no one was sent for will not come."""
+        with self._lock:
+            for offset, entry in list(self._pending.items()):
+                if entry.sends == 0 and not entry.failed:
+                    del self._pending[offset]
+
+    def ack(self, offset: int) -> None:
+        """The model moved past the batch holding ``offset``; earlier frames were replaced."""
+        with self._lock:
+            entry = self._pending.get(offset)
+            if entry is None:
+                return
+            for other, older in list(self._pending.items()):
+                if older.seq <= entry.seq:
+                    older.acked = True
+                    self._settle(other, older)
+
+    def sending(self, offset: int) -> bool:
+        """Count a send for ``offset``; False when the frame is no longer tracked."""
+        with self._lock:
+            entry = self._pending.get(offset)
+            if entry is None or entry.acked:
+                self.untracked_sends += 1
+                return False
+            entry.sends += 1
+            return True
+
+    def delivered(self, offset: int, ok: bool) -> None:
+        with self._lock:
+            entry = self._pending.get(offset)
+            if entry is None:
+                return
+            entry.sends -= 1
+            if not ok:
+                entry.failed = True
+                self.delivery_failed += 1
+            self._settle(offset, entry)
+
+    def _settle(self, offset: int, entry: _Pending) -> None:
+        if entry.acked and entry.sends <= 0 and not entry.failed:
+            del self._pending[offset]
+
+    def commit_point(self) -> int | None:
+        """The offset to commit (the next one to read), or None when nothing new is done."""
+        with self._lock:
+            point = min(self._pending, default=self.frontier)
+            point = min(point, self.frontier)
+        return point if point > self.committed else None
+
+    def reset(self) -> None:
+        """Forget everything: the camera's partition was revoked or it starts again."""
+        with self._lock:
+            self._pending.clear()
+            self.frontier = -1
+            self.committed = -1
+            self.requested = -1
