@@ -184,7 +184,7 @@ class Camera:
                 continue
             self.inbox_bytes -= len(msg.value() or b"")
             self.decoder.decode(msg)
-            self.ledger.frontier = self.decoder.frontier()
+            self.ledger.decoded(self.decoder.frontier(), self.decoder.last_key_offset)
             if self._held:
                 break
         if self.flush_due and not self.inbox and not self._held:
@@ -249,4 +249,9 @@ class Camera:
         )
         counters["queued"] = len(self.inbox) + len(self._held)
         counters["fetch_paused"] = self.fetch_paused
+        ledger = self.ledger
+        counters["committed"] = ledger.committed  # the next offset to read after a restart
+        counters["awaiting_delivery"] = len(ledger)  # frames not done yet: in batches or sent
+        counters["delivery_failed"] = ledger.delivery_failed
+        counters["untracked_sends"] = ledger.untracked_sends
         return counters

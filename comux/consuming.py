@@ -257,6 +257,8 @@ class CameraConsumer:
         # Set by Comux: wait for the results of cameras about to be revoked (bounded).
         self.before_revoke: Callable[[list[Camera]], None] | None = None
         self.commits = True  # False while a transactional producer commits the offsets
+        self._group_metadata: Any = None
+        self._rebalanced = True  # the group metadata is to be read again
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -352,6 +354,7 @@ class CameraConsumer:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._rebalance_since = None
+        self._rebalanced = True
         start = {"end": OFFSET_END, "earliest": OFFSET_BEGINNING, "committed": OFFSET_STORED}[
             self.settings.start
         ]
@@ -399,6 +402,7 @@ class CameraConsumer:
         Their frames leave the batches at once; the results already sent are waited for
         (bounded by ``before_revoke``) so that the commit covers them.
         """
+        self._rebalanced = True
         revoked = self._cameras_of(partitions)
         for camera in revoked:
             camera.assigned = False
@@ -499,8 +503,12 @@ class CameraConsumer:
         self._commit(list(self._cameras.values()), asynchronous=False)
 
     def group_metadata(self) -> Any:
-        """For a transactional producer's ``send_offsets_to_transaction``."""
-        return self._consumer.consumer_group_metadata()
+        """For a transactional producer's ``send_offsets_to_transaction``.
+
+        Read by the poll thread after each rebalance: the client's call blocks while another
+        thread is inside ``consume``.
+        """
+        return self._group_metadata
 
     def commit(self) -> None:
         """Ask the poll thread to commit every camera's done offsets now (asynchronously)."""
@@ -520,6 +528,9 @@ class CameraConsumer:
                 self._subscription_dirty = False
                 self._subscribe()
             try:
+                if self._rebalanced:
+                    self._rebalanced = False
+                    self._group_metadata = self._consumer.consumer_group_metadata()
                 messages = self._consumer.consume(num_messages=256, timeout=0.05)
             except Exception as exc:  # librdkafka raises KafkaError itself from callbacks
                 self.poll_errors += 1

@@ -162,7 +162,7 @@ class CameraDecoder:
         self._synced_to = -1
         self.last_offset = -1
         self.gop = 0
-        self._last_key_offset = -1
+        self.last_key_offset = -1
         self._mismatch_logged = False
         self._time_base: tuple[int, int] | None = None
         self._time_base_raw: bytes | None = None
@@ -192,6 +192,7 @@ class CameraDecoder:
         self._await_keyframe = True
         self._skip_to_key = False
         self.last_offset = -1
+        self.last_key_offset = -1
         self.skip_below = -1
         self._synced_to = -1
         self._next_due = None
@@ -226,9 +227,9 @@ class CameraDecoder:
         if hint is not None and _KEYFRAME_HINTS.get(hint.strip().lower()) is not key:
             self._keyframe_mismatch(offset, hint, key)
         if key:
-            if self._last_key_offset >= 0:
-                self.gop = offset - self._last_key_offset
-            self._last_key_offset = offset
+            if self.last_key_offset >= 0:
+                self.gop = offset - self.last_key_offset
+            self.last_key_offset = offset
         if self._await_keyframe:
             if not key:
                 self.stats.skipped_before_keyframe += 1

@@ -5,14 +5,22 @@ and every ``send`` made for it has a successful delivery report. A message that 
 (skipped, failed, rate-limited, replaced by a newer frame) is done as soon as it leaves the
 decoder. The committable offset is the one after the longest run of done messages, in input
 order: ``min(oldest pending frame, decoder frontier)``. A delivery report alone never moves it.
+
+A commit lands on a keyframe: the GOP start at or before that point. A process that resumes
+from the commit decodes the GOP from its keyframe; resuming mid-GOP would lose every frame up
+to the next keyframe. The price is duplicates from the last partial GOP, never a gap.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 __all__ = ["OffsetLedger"]
+
+_KEYFRAMES = 32  # GOP starts remembered: the commit point is never further behind than that
 
 
 @dataclass
@@ -38,6 +46,7 @@ class OffsetLedger:
         # The oldest offset that may still give a frame (set by the decode thread); -1: none
         # decoded yet, nothing to commit.
         self.frontier = -1
+        self._keyframes: deque[int] = deque(maxlen=_KEYFRAMES)  # recent keyframe offsets
         self.committed = -1  # the last offset committed (the next one to read)
         self.requested = -1  # the last offset a commit was asked for
         self.delivery_failed = 0
@@ -45,6 +54,14 @@ class OffsetLedger:
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    def decoded(self, frontier: int, keyframe: int) -> None:
+        """Decode thread, after each packet: the oldest offset that may still give a frame,
+        and the offset of the last keyframe seen."""
+        with self._lock:
+            self.frontier = frontier
+            if keyframe >= 0 and (not self._keyframes or keyframe > self._keyframes[-1]):
+                self._keyframes.append(keyframe)
 
     def hold(self, offset: int) -> None:
         """A frame of ``offset`` went to the batches (or waits for a row)."""
@@ -105,8 +122,12 @@ class OffsetLedger:
     def commit_point(self) -> int | None:
         """The offset to commit (the next one to read), or None when nothing new is done."""
         with self._lock:
-            point = min(self._pending, default=self.frontier)
-            point = min(point, self.frontier)
+            point = min(min(self._pending, default=self.frontier), self.frontier)
+            # The GOP start at or before it (a commit on a keyframe itself stays where it is).
+            i = bisect.bisect_right(self._keyframes, point)
+            if i == 0:
+                return None  # no keyframe known before it: resuming there would lose frames
+            point = self._keyframes[i - 1]
         return point if point > self.committed else None
 
     def reset(self) -> None:
@@ -114,5 +135,6 @@ class OffsetLedger:
         with self._lock:
             self._pending.clear()
             self.frontier = -1
+            self._keyframes.clear()
             self.committed = -1
             self.requested = -1

@@ -163,7 +163,12 @@ class ResultProducer:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self._producer.poll(0.1)
+            try:
+                self._producer.poll(0.1)
+            except KafkaException as exc:  # a fatal error is raised here once: say it, go on
+                self.last_error = str(exc.args[0])
+                log.critical("producer: %s", exc.args[0])
+                self._stop.wait(0.1)
 
     def _report(self, err: RdKafkaError | None, on_delivery: Delivered | None) -> None:
         if err is None:
