@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from comux import (
@@ -13,6 +14,7 @@ from comux import (
     ConfigError,
     StateError,
     UnknownCameraError,
+    UnknownIndexError,
 )
 
 
@@ -126,3 +128,43 @@ def test_close_returns_within_its_timeout_while_a_model_waits():
     assert not waiting.is_alive()  # close() woke the model's get_batch
     with pytest.raises(StateError, match="closed"):
         cameras.get_batch(timeout=0)
+
+
+def test_send_checks_its_arguments_and_refuses_after_close(monkeypatch):
+    cameras = Comux(["a"])
+    cameras.setup_producer("127.0.0.1:1", strict_on_fail=False)
+    with pytest.raises(ConfigError, match="must be an int"):
+        cameras.send("a", "75", {})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="must be an int"):
+        cameras.send("a", True, {})
+    with pytest.raises(UnknownIndexError):
+        cameras.send("a", np.int64(75), {})  # numpy ints from batch.indices are ints
+    cameras.close(timeout=1)
+    with pytest.raises(StateError, match="closed"):
+        cameras.send("a", 75, {})
+
+
+def test_start_group_and_commit_settings_are_checked():
+    cameras = Comux(["a"])
+    for bad in ({"start": "latest"}, {"group_id": ""}, {"commit_interval": 0}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            cameras.setup_consumers("127.0.0.1:1", strict_on_fail=False, **bad)
+
+
+def test_a_committed_start_defaults_to_fifo_and_configures_the_group():
+    with Comux(["a"]) as cameras:
+        cameras.setup_consumers(
+            "127.0.0.1:1",
+            start="committed",
+            group_id="fleet",
+            instance_id="worker-1",
+            strict_on_fail=False,
+            connect_timeout=0.1,
+        )
+        cameras.setup_decoders(W=64, H=64)
+        cameras.start()
+        assert cameras._pool.rows("a").policy == "fifo"
+        config = cameras._consumer.settings.librdkafka_config()
+        assert config["group.id"] == "fleet"
+        assert config["group.instance.id"] == "worker-1"
+        assert config["enable.auto.commit"] is False
