@@ -6,7 +6,6 @@ import pytest
 from comux.errors import ConfigError
 from comux.producing import ResultProducer, encode_headers
 from tests.fakes import FakeMessage
-from tests.unit.test_publish import mock_cluster  # noqa: F401
 
 
 def test_header_values_are_encoded_by_type():

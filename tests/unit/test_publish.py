@@ -21,14 +21,6 @@ from comux.media import EncodedPacket
 from comux.publish import DEFAULT_PRODUCER_OPTIONS, PublishStats, publish
 
 
-@pytest.fixture(scope="module")
-def mock_cluster() -> Iterator[str]:
-    owner = ck.Producer({"test.mock.num.brokers": 1, "log_level": 2})
-    brokers = owner.list_topics(timeout=10).brokers.values()
-    yield ",".join(f"{b.host}:{b.port}" for b in brokers)
-    owner.flush(1)
-
-
 def consume(bootstrap: str, topic: str, count: int, timeout: float = 20.0) -> list[Any]:
     consumer = ck.Consumer(
         {
