@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -16,7 +17,7 @@ from .batching import POLICIES, Allocator, Batch, BatchPool, Entry, Policy, fram
 from .camera import Camera
 from .config import TopicSchema, resolve_bootstrap_servers
 from .consuming import START, CameraConsumer, ConsumerSettings, DecodeWorker
-from .control import Act, Control
+from .control import CAM_ID_PATTERN, Act, Control
 from .decoding import DecoderConfig, PixFmt
 from .errors import ConfigError, KafkaError, StateError, UnknownCameraError, UnknownIndexError
 from .logs import configure_logging
@@ -179,6 +180,7 @@ class Comux:
         group_id: str = "comux",
         instance_id: str | None = None,
         commit_interval: float = 1.0,
+        topic_pattern: str | None = None,
         **consumer_options: Any,
     ) -> None:
         """Create the Kafka consumer and check that a broker answers.
@@ -194,6 +196,10 @@ class Comux:
             the same name, it takes its cameras back at once instead of after the session
             timeout. Unique per worker.
         :param commit_interval: seconds between commits of done offsets.
+        :param topic_pattern: a regex for the cam id part of ``consume_schema``: every topic it
+            matches becomes a camera when the group assigns it (found within the metadata
+            refresh, 10 s), with no id listed. Plain regex syntax: librdkafka's has no
+            ``(?...)`` groups.
         :param max_offset_diff: when a camera falls further behind the end of its topic, jump
             forward to near the end and count the skipped messages; None never jumps.
         :param strict_on_fail: raise BrokerUnavailableError when no broker answers within
@@ -211,6 +217,13 @@ class Comux:
             raise ConfigError(f"group_id must be a non-empty str, got {group_id!r}")
         if not commit_interval > 0:
             raise ConfigError(f"commit_interval must be > 0, got {commit_interval!r}")
+        pattern = None
+        if topic_pattern is not None:
+            try:
+                re.compile(topic_pattern)
+            except (re.error, TypeError) as exc:
+                raise ConfigError(f"topic_pattern is not a regex: {exc}") from None
+            pattern = self.consume_schema.pattern(topic_pattern)
         with self._lock:
             replace = over_write if overwrite is None else overwrite
             if self._consumer is not None:
@@ -231,11 +244,13 @@ class Comux:
                 group_id=group_id,
                 instance_id=instance_id,
                 commit_interval=commit_interval,
+                topic_pattern=pattern,
             )
             consumer = CameraConsumer(
                 settings, self.consume_schema, decode_threads=self._decode_threads
             )
             consumer.before_revoke = self._before_revoke
+            consumer.discover = self._discover
             try:
                 consumer.check()
             except Exception:
@@ -376,13 +391,21 @@ class Comux:
         :param acts: action name → ``f(comux, value)``, added to the built-in ``create``,
             ``delete``, ``update``, ``list``, ``pause`` and ``resume``.
         :param options: ``reply_topic``, ``instance_id``, ``groups``, ``filter``, ``secret``,
-            ``max_skew``, ``max_payload``, ``max_cameras``; the rest go to librdkafka.
+            ``max_skew``, ``max_payload``, ``max_cameras``, ``replay_window``, ``max_reply``;
+            the rest go to librdkafka.
         """
+        # The old controller is stopped without the lock: its thread may be waiting for it
+        # between two steps of a big create, and kill() must not wait on that.
         with self._lock:
-            if self.control is not None:
-                self.control.kill()
-            self.control = Control(control_topic, control_bootstrap_servers, acts, self, **options)
-            return self.control
+            old, self.control = self.control, None
+        if old is not None:
+            old.kill()
+        control = Control(control_topic, control_bootstrap_servers, acts, self, **options)
+        with self._lock:
+            old, self.control = self.control, control
+        if old is not None:  # another setup_controller ran meanwhile: the last one wins
+            old.kill()
+        return control
 
     # -- cameras -----------------------------------------------------------------------------
 
@@ -423,6 +446,15 @@ class Comux:
             self._cameras[cam_id] = camera
             consumer.add(camera)
 
+    def _discover(self, cam_id: str) -> Camera | None:
+        """Poll thread: a topic of ``topic_pattern`` was assigned; its camera joins."""
+        if not CAM_ID_PATTERN.fullmatch(cam_id):
+            log.warning("topic for %r matches topic_pattern but is no valid cam id", cam_id[:64])
+            return None
+        self.connect(cam_id)
+        log.info("camera %s discovered", cam_id)
+        return self._cameras.get(cam_id)
+
     def connect_all(self) -> None:
         for cam_id in list(self.cam_ids):
             self.connect(cam_id)
@@ -450,19 +482,34 @@ class Comux:
             self.cam_ids.remove(cam_id)
 
     def add_cameras(self, cam_ids: Iterable[str]) -> dict[str, list[str]]:
-        """Add cameras while running; they join the next batch once their first frame is decoded."""
-        created, existing = [], []
-        with self._lock:
-            for cam_id in cam_ids:
-                self._check_cam_id(cam_id)
-                if cam_id in self._cameras or (not self._started and cam_id in self.cam_ids):
-                    existing.append(cam_id)
-                    continue
-                if self._started:
-                    self.connect(cam_id)
-                elif cam_id not in self.cam_ids:
-                    self.cam_ids.append(cam_id)
-                created.append(cam_id)
+        """Add cameras while running; they join the next batch once their first frame is decoded.
+
+        Every id is checked before any is added. Many ids are added 64 at a time, and the lock
+        is let go between steps, so a big create never holds up pause, kill or setup for long.
+        """
+        ids = list(dict.fromkeys(cam_ids))
+        for cam_id in ids:
+            self._check_cam_id(cam_id)
+        created: list[str] = []
+        existing: list[str] = []
+        step = 64
+        for first in range(0, len(ids), step):
+            if first:
+                time.sleep(0.001)  # let a thread waiting for the lock have it
+            with self._lock:
+                if self._closed:
+                    raise StateError(f"this Comux closed after {len(created)} cameras were added")
+                known = set(self.cam_ids)
+                for cam_id in ids[first : first + step]:
+                    if cam_id in self._cameras or (not self._started and cam_id in known):
+                        existing.append(cam_id)
+                        continue
+                    if self._started:
+                        self.connect(cam_id)
+                    elif cam_id not in known:
+                        self.cam_ids.append(cam_id)
+                        known.add(cam_id)
+                    created.append(cam_id)
         return {"created": created, "existing": existing}
 
     def update(
@@ -473,25 +520,43 @@ class Comux:
         max_offset_diff: int | None | object = ...,
         policy: Policy | object = ...,
     ) -> None:
-        """Change one running camera's settings; arguments left out stay as they are."""
-        self._known(cam_id)
-        camera = self._cameras.get(cam_id)
-        if camera is None:
-            raise StateError(f"camera {cam_id!r} is not connected: call start() first")
+        """Change one running camera's settings; arguments left out stay as they are.
+
+        Every argument is checked before any is applied: a bad one changes nothing.
+        """
+        if (
+            rate is not ...
+            and rate is not None
+            and (
+                isinstance(rate, bool)
+                or not isinstance(rate, int | float)
+                or not 0 < rate < float("inf")
+            )
+        ):
+            raise ConfigError(f"rate must be a number > 0 or None, got {rate!r}")
         if (
             max_offset_diff is not ...
             and max_offset_diff is not None
-            and (not isinstance(max_offset_diff, int) or max_offset_diff < 1)
+            and (
+                isinstance(max_offset_diff, bool)
+                or not isinstance(max_offset_diff, int)
+                or max_offset_diff < 1
+            )
         ):
             raise ConfigError(f"max_offset_diff must be >= 1 or None, got {max_offset_diff!r}")
         if policy is not ... and policy not in POLICIES:
             raise ConfigError(f"policy must be 'latest' or 'fifo', got {policy!r}")
-        if rate is not ...:
-            camera.decoder.set_rate(rate)  # type: ignore[arg-type]
-        if max_offset_diff is not ...:
-            camera.decoder.max_offset_diff = max_offset_diff  # type: ignore[assignment]
-        if policy is not ...:
-            camera.set_policy(policy)  # type: ignore[arg-type]
+        with self._lock:
+            self._known(cam_id)
+            camera = self._cameras.get(cam_id)
+            if camera is None:
+                raise StateError(f"camera {cam_id!r} is not connected: call start() first")
+            if rate is not ...:
+                camera.decoder.set_rate(rate)  # type: ignore[arg-type]
+            if max_offset_diff is not ...:
+                camera.decoder.max_offset_diff = max_offset_diff  # type: ignore[assignment]
+            if policy is not ...:
+                camera.set_policy(policy)  # type: ignore[arg-type]
 
     def pause(self, cam_id: str) -> None:
         """Stop fetching ``cam_id``; its slot leaves the batches until :meth:`resume`."""

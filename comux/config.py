@@ -40,6 +40,9 @@ def resolve_bootstrap_servers(servers: str | Iterable[str] | None) -> str:
     return ",".join(parts)
 
 
+_REGEX_SPECIAL = set(".^$*+?()[]{}|\\")
+
+
 class TopicSchema:
     """Map cam ids to topic names through a template holding ``:cam_id``, and back."""
 
@@ -63,6 +66,14 @@ class TopicSchema:
         ):
             raise ConfigError(f"topic {topic!r} does not match template {self.template!r}")
         return topic[len(self._prefix) : end]
+
+    def pattern(self, cam_pattern: str) -> str:
+        """A librdkafka topic regex: the template with ``:cam_id`` matched by ``cam_pattern``."""
+
+        def literal(text: str) -> str:
+            return "".join("\\" + c if c in _REGEX_SPECIAL else c for c in text)
+
+        return f"^{literal(self._prefix)}({cam_pattern}){literal(self._suffix)}$"
 
     def __repr__(self) -> str:
         return f"TopicSchema({self.template!r})"

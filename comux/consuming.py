@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -69,6 +70,7 @@ class ConsumerSettings:
     group_id: str = "comux"
     instance_id: str | None = None
     commit_interval: float = 1.0
+    topic_pattern: str | None = None  # a librdkafka regex: cameras found as topics appear
 
     @property
     def cooperative(self) -> bool:
@@ -257,6 +259,10 @@ class CameraConsumer:
         # Set by Comux: wait for the results of cameras about to be revoked (bounded).
         self.before_revoke: Callable[[list[Camera]], None] | None = None
         self.commits = True  # False while a transactional producer commits the offsets
+        # Set by Comux with ``topic_pattern``: make the camera of a topic the group assigned.
+        self.discover: Callable[[str], Camera | None] | None = None
+        self._pattern = re.compile(settings.topic_pattern) if settings.topic_pattern else None
+        self._subscription_dirty = self._pattern is not None
         self._group_metadata: Any = None
         self._rebalanced = True  # the group metadata is to be read again
 
@@ -341,6 +347,10 @@ class CameraConsumer:
         topics = sorted(camera.topic for camera in list(self._cameras.values()))
         for key in [k for k in self._next_fetch if k[0] not in topics]:
             del self._next_fetch[key]  # a camera created again starts afresh
+        if self._pattern is not None:
+            # Topics the pattern covers come with it: a discovered camera changes nothing.
+            pattern = self.settings.topic_pattern
+            topics = [t for t in topics if not self._pattern.match(t)] + [pattern]  # type: ignore[list-item]
         if topics == self._subscribed:
             return
         self._subscribed = topics
@@ -359,7 +369,13 @@ class CameraConsumer:
             self.settings.start
         ]
         taken = []
+        known = {camera.topic for camera in list(self._cameras.values())}
         for tp in partitions:
+            if tp.topic not in known and self.discover is not None:
+                try:
+                    self.discover(self.schema.cam_id(tp.topic))
+                except Exception:  # a bad name must not stop the assignment
+                    log.exception("no camera for topic %s", tp.topic)
             if tp.partition != 0:
                 self._refuse(tp)
                 continue
