@@ -2,10 +2,28 @@
 
 A message's key names the action, its value is a JSON object. Only registered acts run. A reply
 (action, request id, ok or error, result or error text) goes to ``<topic>.replies`` for every
-message meant for this instance, including refused ones. The consumer group is per instance
+message meant for this instance, including refused ones. A request is all or nothing: an
+``update``, ``pause``, ``resume`` or ``create`` with any unknown id or bad setting is refused
+whole and changes nothing.
+
+Where an instance starts reading: the consumer group is per instance
 (``comux-control.<instance_id>``) and commits after each message, so a restarted controller
-resumes after the last message it handled, or at the end of the topic when it has no
-committed offset: old actions are never applied again.
+resumes after the last message it handled: old actions are never applied again. An instance
+that has never committed (its first start under this ``instance_id``) starts at the first
+message of the last ``replay_window`` seconds (by message timestamp, 300 s by default), so an
+action sent shortly before it first came up is applied, and older history is not. With
+``replay_window=0`` it starts at the end of the topic. Signed messages older than ``max_skew``
+are still refused as stale.
+
+Signed messages (``secret``) must carry a ``comux-request-id``, the nonce: it is part of the
+signed bytes, and each nonce is remembered for twice ``max_skew`` (every timestamp that still
+passes the skew check), so a replay is answered as a duplicate and never applied again.
+
+Replies larger than ``max_reply`` bytes (librdkafka refuses messages over 1,000,000 bytes by
+default) are cut down, never dropped: a ``list`` keeps as many cameras' stats as fit and says
+``"truncated": true, "total": N``; another result is replaced by
+``{"truncated": true, "bytes": size}``. A reply that still fails is logged and counted in
+``counters["reply_errors"]``.
 """
 
 from __future__ import annotations
@@ -14,10 +32,13 @@ import hashlib
 import hmac
 import json
 import logging
+import math
+import os
 import re
 import socket
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -25,8 +46,10 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from .batching import POLICIES
 from .config import redact, resolve_bootstrap_servers
 from .consuming import check_broker, close_within
+from .decoding import DecoderConfig
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -42,6 +65,9 @@ __all__ = [
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
     "CAM_ID_PATTERN",
+    "MAX_CAMERAS",
+    "MAX_REPLY",
+    "camera_limit",
 ]
 
 log = logging.getLogger("comux.control")
@@ -55,6 +81,11 @@ TIMESTAMP_HEADER = "comux-timestamp"
 # Topic-safe and log-safe: a cam id becomes part of a Kafka topic name.
 CAM_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _UPDATE_FIELDS = {"rate", "max_offset_diff", "policy"}
+MAX_CAMERAS = 1024  # the default max_cameras never goes above this, whatever the memory
+MAX_REPLY = 900_000  # bytes: under librdkafka's default message.max.bytes of 1,000,000
+_MAX_NONCES = 100_000  # signed requests remembered at once (about 20 MB)
+_REMEMBERED_REPLIES = 1024
+_REMEMBERED_BYTES = 64 * 1024  # a bigger reply is remembered as its size only
 
 
 class ActionError(Exception):
@@ -73,6 +104,47 @@ def _cam_ids(value: Any) -> list[str]:
                 f"invalid cam id {str(cam_id)[:40]!r}: use 1-128 letters, digits, '.', '_', '-'"
             )
     return list(dict.fromkeys(ids))
+
+
+def _names(ids: Iterable[str]) -> str:
+    ids = list(ids)
+    shown = ", ".join(repr(i) for i in ids[:10])
+    return shown + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+
+
+def _require_known(comux: Comux, ids: list[str], *, connected: bool = False) -> None:
+    """Refuse the whole request when any id is unknown (or, for ``connected``, not running)."""
+    known = set(comux.cam_ids)
+    unknown = [cam_id for cam_id in ids if cam_id not in known]
+    if unknown:
+        raise ActionError(f"unknown cam ids: {_names(unknown)}; nothing was changed")
+    if connected:
+        running = set(comux.threads)
+        idle = [cam_id for cam_id in ids if cam_id not in running]
+        if idle:
+            raise ActionError(f"cameras not started: {_names(idle)}; nothing was changed")
+
+
+def _check_settings(settings: Mapping[str, Any]) -> None:
+    """Check every value of an ``update`` before any camera takes one."""
+    problems = []
+    if "rate" in settings:
+        rate = settings["rate"]
+        if rate is not None and (
+            isinstance(rate, bool)
+            or not isinstance(rate, int | float)
+            or not math.isfinite(rate)
+            or rate <= 0
+        ):
+            problems.append(f"rate must be a number > 0 or null, got {rate!r}")
+    if "max_offset_diff" in settings:
+        diff = settings["max_offset_diff"]
+        if diff is not None and (isinstance(diff, bool) or not isinstance(diff, int) or diff < 1):
+            problems.append(f"max_offset_diff must be an int >= 1 or null, got {diff!r}")
+    if "policy" in settings and settings["policy"] not in POLICIES:
+        problems.append(f"policy must be one of {list(POLICIES)}, got {settings['policy']!r}")
+    if problems:
+        raise ActionError("; ".join(problems) + "; nothing was changed")
 
 
 def _create(comux: Comux, value: Any) -> dict[str, Any]:
@@ -99,9 +171,12 @@ def _update(comux: Comux, value: Any) -> dict[str, Any]:
     unknown = set(settings) - _UPDATE_FIELDS
     if unknown or not settings:
         raise ActionError(f"update takes {sorted(_UPDATE_FIELDS)}, got {sorted(settings)}")
-    ids = _cam_ids(value) if "cam_ids" in value else list(comux.cam_ids)
-    for cam_id in ids:
-        comux.update(cam_id, **settings)
+    _check_settings(settings)
+    with comux._lock:  # no camera comes or goes between the check and the last change
+        ids = _cam_ids(value) if "cam_ids" in value else list(comux.cam_ids)
+        _require_known(comux, ids, connected=True)
+        for cam_id in ids:
+            comux.update(cam_id, **settings)
     return {"updated": ids, "settings": settings}
 
 
@@ -111,15 +186,19 @@ def _list(comux: Comux, value: Any) -> dict[str, Any]:
 
 def _pause(comux: Comux, value: Any) -> dict[str, Any]:
     ids = _cam_ids(value)
-    for cam_id in ids:
-        comux.pause(cam_id)
+    with comux._lock:
+        _require_known(comux, ids)
+        for cam_id in ids:
+            comux.pause(cam_id)
     return {"paused": ids}
 
 
 def _resume(comux: Comux, value: Any) -> dict[str, Any]:
     ids = _cam_ids(value)
-    for cam_id in ids:
-        comux.resume(cam_id)
+    with comux._lock:
+        _require_known(comux, ids)
+        for cam_id in ids:
+            comux.resume(cam_id)
     return {"resumed": ids}
 
 
@@ -152,17 +231,36 @@ def sign(
     """Return the headers that sign a control message (for senders; the CLI uses it too).
 
     The HMAC-SHA256 covers the timestamp, the action (key), the target and request id headers
-    and the value, so none of them can be changed or replayed later without the secret.
+    and the value, so none of them can be changed without the secret. The request id is the
+    nonce that makes a replay inside ``max_skew`` a duplicate: a fresh uuid4 when none is given.
     """
     key = secret.encode() if isinstance(secret, str) else secret
-    stamp = f"{time.time() if timestamp is None else timestamp:.3f}"
+    when = time.time() if timestamp is None else timestamp
+    if not math.isfinite(when):
+        raise ValueError(f"timestamp must be a finite number of seconds, got {timestamp!r}")
+    stamp = f"{when:.3f}"
+    request_id = request_id or uuid.uuid4().hex
     digest = hmac.new(key, _signed_bytes(action, value, stamp, target, request_id), hashlib.sha256)
     headers = [(SIGNATURE_HEADER, digest.hexdigest().encode()), (TIMESTAMP_HEADER, stamp.encode())]
     if target is not None:
         headers.append((TARGET_HEADER, target.encode()))
-    if request_id is not None:
-        headers.append((REQUEST_ID_HEADER, request_id.encode()))
+    headers.append((REQUEST_ID_HEADER, request_id.encode()))
     return headers
+
+
+def camera_limit(frame_shape: tuple[int, ...], buffers: int) -> int:
+    """How many cameras batches of ``frame_shape`` frames can hold on this machine.
+
+    Each camera takes a row of ``frame_shape`` bytes in each of ``buffers`` buffers, and the
+    pool doubles its rows as it grows, so count two rows per camera per buffer; the batches
+    may take a quarter of the physical memory, and never more than ``MAX_CAMERAS`` rows.
+    """
+    row = max(1, math.prod(frame_shape)) * max(2, buffers) * 2
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):  # not POSIX: assume 8 GiB
+        memory = 8 << 30
+    return max(1, min(MAX_CAMERAS, memory // 4 // row))
 
 
 class Control:
@@ -177,10 +275,18 @@ class Control:
     :param instance_id: this process's name for ``comux-target`` (default: the host name).
     :param groups: further names this instance answers to in ``comux-target``.
     :param filter: ``f(action, value, headers) -> bool``; False ignores the message (counted).
-    :param secret: HMAC-SHA256 key; when set, unsigned, badly signed or stale messages are refused.
+    :param secret: HMAC-SHA256 key; when set, unsigned, badly signed or stale messages, and
+        signed ones without a ``comux-request-id`` (the nonce), are refused; a nonce seen in
+        the last ``2 * max_skew`` seconds is answered as a duplicate and not applied again.
     :param max_skew: seconds a signed message's timestamp may differ from this clock.
     :param max_payload: largest accepted value in bytes.
-    :param max_cameras: ``create`` refuses to go past this many cameras.
+    :param max_cameras: ``create`` refuses (whole) to go past this many cameras. Default: what
+        the batches can hold in a quarter of this machine's memory (:func:`camera_limit`, at
+        most ``MAX_CAMERAS``), from the batch shape at the time of each ``create``.
+    :param replay_window: seconds of the topic's history that an instance with no committed
+        offset (its first start under ``instance_id``) reads, by message timestamp, so an
+        action sent shortly before it came up is applied; 0 starts at the end of the topic.
+    :param max_reply: replies over this many bytes are truncated, with a marker saying so.
     """
 
     def __init__(
@@ -198,6 +304,8 @@ class Control:
         max_skew: float = 30.0,
         max_payload: int = 64 * 1024,
         max_cameras: int | None = None,
+        replay_window: float = 300.0,
+        max_reply: int = MAX_REPLY,
         connect_timeout: float = 10.0,
         **consumer_options: Any,
     ) -> None:
@@ -213,12 +321,34 @@ class Control:
         self.instance_id = instance_id or socket.gethostname()
         self.names = {self.instance_id, *groups}
         self.filter = filter
+        if max_cameras is not None and (not isinstance(max_cameras, int) or max_cameras < 0):
+            raise ConfigError(f"max_cameras must be an int >= 0 or None, got {max_cameras!r}")
+        if not isinstance(replay_window, int | float) or not replay_window >= 0:
+            raise ConfigError(f"replay_window must be >= 0 seconds, got {replay_window!r}")
+        if not isinstance(max_reply, int) or max_reply < 1024:
+            raise ConfigError(f"max_reply must be an int >= 1024 bytes, got {max_reply!r}")
+        if not isinstance(max_skew, int | float) or not 0 < max_skew < math.inf:
+            raise ConfigError(f"max_skew must be a finite number of seconds > 0, got {max_skew!r}")
         self._secret = secret.encode() if isinstance(secret, str) else secret
         self.max_skew = max_skew
         self.max_payload = max_payload
         self.max_cameras = max_cameras
-        self.counters = {"applied": 0, "errors": 0, "ignored": 0, "duplicates": 0, "rejected": 0}
+        self.replay_window = replay_window
+        self.max_reply = max_reply
+        self.counters = {
+            "applied": 0,
+            "errors": 0,
+            "ignored": 0,
+            "duplicates": 0,
+            "rejected": 0,
+            "reply_errors": 0,
+            "truncated": 0,
+        }
         self._replies: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._nonces: OrderedDict[str, float] = OrderedDict()  # nonce -> forget after (monotonic)
+        self._close_lock = threading.Lock()
+        self._finished = False  # the thread has left its loop
+        self._abandoned = False  # kill() gave up waiting: the thread closes its consumer itself
         self._offset: int | None = None
         self._stop = threading.Event()
         self.ready = threading.Event()  # set once the control partition is assigned
@@ -275,17 +405,13 @@ class Control:
         self._consumer.subscribe([self.topic], on_assign=self._on_assign)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Start at the committed offset, else at the current end; then say we are listening."""
+        """Start at the committed offset, else ``replay_window`` back; then say we listen."""
         deadline = time.monotonic() + self._connect_timeout
         while True:
             try:
                 committed = consumer.committed(partitions, timeout=self._connect_timeout)
                 for tp, done in zip(partitions, committed, strict=True):
-                    if done.offset >= 0:
-                        tp.offset = done.offset
-                    else:
-                        _, high = consumer.get_watermark_offsets(tp, timeout=self._connect_timeout)
-                        tp.offset = high
+                    tp.offset = done.offset if done.offset >= 0 else self._first_offset(tp)
                 consumer.assign(partitions)
                 break
             except KafkaException as exc:  # raising here would kill the control thread
@@ -296,6 +422,20 @@ class Control:
                 self._stop.wait(0.1)
         self.ready.set()
 
+    def _first_offset(self, tp: TopicPartition) -> int:
+        """Where an instance that never committed starts: the first message of the last
+        ``replay_window`` seconds (by timestamp), else the end of the partition."""
+        timeout = self._connect_timeout
+        if self.replay_window > 0:
+            since = int((time.time() - self.replay_window) * 1000)
+            found = self._consumer.offsets_for_times(
+                [TopicPartition(tp.topic, tp.partition, since)], timeout=timeout
+            )
+            if found and found[0].offset >= 0:
+                return int(found[0].offset)
+        _, high = self._consumer.get_watermark_offsets(tp, timeout=timeout)
+        return int(high)
+
     def run(self) -> None:
         """Listen in a daemon thread."""
         if self._thread is None or not self._thread.is_alive():
@@ -304,12 +444,19 @@ class Control:
             self._thread.start()
 
     def kill(self, timeout: float = 5.0) -> None:
-        """Stop the control thread; consuming control messages stops with it."""
+        """Stop the control thread; consuming control messages stops with it.
+
+        A thread still inside an action after ``timeout / 2`` finishes it, replies, and then
+        closes its consumer itself, so ``kill`` never waits on a long action.
+        """
         deadline = time.monotonic() + timeout
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout / 2)
-        if self._thread is None or not self._thread.is_alive():
+        with self._close_lock:
+            finished = self._thread is None or self._finished
+            self._abandoned = not finished
+        if finished:
             close_within(self._consumer, (deadline - time.monotonic()) / 2)
         self._producer.flush(max(0.0, deadline - time.monotonic()))
 
@@ -329,22 +476,47 @@ class Control:
             return None
         return high - 1 if high > 0 else None
 
+    def camera_limit(self) -> int:
+        """``max_cameras``, or what the batches can hold on this machine (:func:`camera_limit`)."""
+        if self.max_cameras is not None:
+            return self.max_cameras
+        pool = self.comux._pool
+        if pool is not None:
+            return camera_limit(pool.frame_shape, getattr(pool, "_count", 3))
+        config = self.comux._decoder_config or DecoderConfig()  # what connect() would set up
+        return camera_limit(config.shape, 3)
+
     def act(self, action: str, value: Any) -> Any:
         """Run ``action`` with ``value``; an unknown action returns the seed's message."""
         if action not in self.acts:
             return f"✘ No action '{action}' defined!"
-        if action == "create" and self.max_cameras is not None:
+        if action == "create":
+            limit = self.camera_limit()
             wanted = set(_cam_ids(value)) | set(self.comux.cam_ids)
-            if len(wanted) > self.max_cameras:
-                raise ActionError(f"max_cameras is {self.max_cameras}: refusing {len(wanted)}")
+            if len(wanted) > limit:
+                raise ActionError(
+                    f"max_cameras is {limit}: refusing to go to {len(wanted)} cameras "
+                    f"({len(self.comux.cam_ids)} now); nothing was created"
+                )
         return self.acts[action](self.comux, value)
 
     # -- the loop ----------------------------------------------------------------------------
 
     def _listen(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._close_lock:
+                self._finished = True
+                abandoned = self._abandoned
+            if abandoned:  # kill() returned while an action ran: close what it could not
+                close_within(self._consumer, self._connect_timeout)
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             try:
                 msg = self._consumer.poll(0.1)
+                self._producer.poll(0)  # delivery reports of the replies
             except Exception as exc:
                 log.error("control consumer: %s", exc)
                 self._stop.wait(0.5)
@@ -383,7 +555,10 @@ class Control:
         def refuse(reason: str) -> None:
             self.counters["rejected"] += 1
             log.warning("control: refused %r: %s", action[:64], reason)
-            self._reply(action, request_id, {"status": "error", "error": reason})
+            body = {"status": "error", "error": reason}
+            if request_id is not None and request_id in self._nonces:
+                self._remember(request_id, body)  # a replay of it gets the same answer
+            self._reply(action, request_id, body)
 
         if not action:
             return refuse("no action: the message key names the action")
@@ -391,6 +566,12 @@ class Control:
             return refuse(f"payload of {len(value)} bytes exceeds {self.max_payload}")
         if self._secret is not None:
             problem = self._check_signature(action, value, headers, target, request_id)
+            if problem:
+                return refuse(problem)
+            assert request_id is not None  # _check_signature requires the nonce
+            if self._seen_nonce(request_id):
+                return self._duplicate(action, request_id)
+            problem = self._note_nonce(request_id)
             if problem:
                 return refuse(problem)
         try:
@@ -403,9 +584,7 @@ class Control:
             self.counters["ignored"] += 1
             return
         if request_id is not None and request_id in self._replies:
-            self.counters["duplicates"] += 1
-            self._reply(action, request_id, {**self._replies[request_id], "duplicate": True})
-            return
+            return self._duplicate(action, request_id)
         try:
             result = self.act(action, payload)
             if action in self.acts:
@@ -417,9 +596,20 @@ class Control:
         except Exception as exc:
             self.counters["errors"] += 1
             reply = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+        size = self._reply(action, request_id, reply)
         if request_id is not None:
+            if size > _REMEMBERED_BYTES:  # 1024 lists of 1,000 cameras would take a GB
+                reply = {"status": reply["status"], "result": {"truncated": True, "bytes": size}}
             self._remember(request_id, reply)
-        self._reply(action, request_id, reply)
+
+    def _duplicate(self, action: str, request_id: str) -> None:
+        """Answer a request seen before with its first answer, marked; apply nothing."""
+        self.counters["duplicates"] += 1
+        first = self._replies.get(request_id) or {
+            "status": "error",
+            "error": f"request {request_id[:64]!r} was handled already (its reply is forgotten)",
+        }
+        self._reply(action, request_id, {**first, "duplicate": True})
 
     def _check_signature(
         self,
@@ -435,35 +625,136 @@ class Control:
         if not signature or not stamp:
             return "unsigned message: comux-signature and comux-timestamp are required"
         try:
-            age = abs(time.time() - float(stamp))
+            sent = float(stamp)
         except ValueError:
-            return "bad comux-timestamp"
+            return "bad comux-timestamp: not a number"
+        if not math.isfinite(sent):  # NaN is never "stale": it must not pass as fresh
+            return f"bad comux-timestamp: {stamp[:16]!r} is not a finite number of seconds"
         expected = hmac.new(
             self._secret, _signed_bytes(action, value, stamp, target, request_id), hashlib.sha256
         ).hexdigest()
         if not hmac.compare_digest(expected.encode(), signature):
             return "bad signature"
+        age = abs(time.time() - sent)
         if age > self.max_skew:
             return f"stale message: timestamp {age:.0f} s away from now (max {self.max_skew:g})"
+        if request_id is None:
+            return "signed messages need a comux-request-id header, the nonce (sign() adds one)"
         return None
+
+    def _seen_nonce(self, nonce: str) -> bool:
+        self._forget_nonces()
+        return nonce in self._nonces
+
+    def _note_nonce(self, nonce: str) -> str | None:
+        """Remember ``nonce`` while its timestamp can pass the skew check; refuse when full."""
+        if len(self._nonces) >= _MAX_NONCES:
+            return (
+                f"more than {_MAX_NONCES} signed requests within {2 * self.max_skew:g} s; "
+                "retry later"
+            )
+        # A timestamp up to max_skew ahead stays fresh until max_skew after it: 2 * max_skew.
+        self._nonces[nonce] = time.monotonic() + 2 * self.max_skew
+        return None
+
+    def _forget_nonces(self) -> None:
+        now = time.monotonic()
+        while self._nonces and next(iter(self._nonces.values())) < now:
+            self._nonces.popitem(last=False)
 
     def _remember(self, request_id: str, reply: dict[str, Any]) -> None:
         self._replies[request_id] = reply
-        while len(self._replies) > 1024:
+        while len(self._replies) > _REMEMBERED_REPLIES:
             self._replies.popitem(last=False)
 
-    def _reply(self, action: str, request_id: str | None, body: dict[str, Any]) -> None:
+    # -- replies -----------------------------------------------------------------------------
+
+    def _encode(self, reply: dict[str, Any]) -> bytes:
+        """The reply as JSON of at most ``max_reply`` bytes: cut down, with a marker, if need be."""
+        data = json.dumps(reply, default=str).encode()
+        if len(data) <= self.max_reply:
+            return data
+        self.counters["truncated"] += 1
+        size = len(data)
+        result = reply.get("result")
+        if (
+            isinstance(result, Mapping)
+            and isinstance(result.get("cam_ids"), list)
+            and isinstance(result.get("stats"), Mapping)
+        ):
+            fitted = self._fit_cameras(reply, result)
+            if fitted is not None:
+                return fitted
+        small = dict(reply, truncated=True)
+        if "result" in small:
+            small["result"] = {"truncated": True, "bytes": size}
+        if "error" in small:
+            small["error"] = str(small["error"])[:4096]
+        data = json.dumps(small, default=str).encode()
+        if len(data) <= self.max_reply:
+            return data
+        # Only the request id can be this big now: keep what names the reply.
+        keep = {k: reply.get(k) for k in ("action", "instance", "status")}
+        return json.dumps({**keep, "id": None, "truncated": True, "bytes": size}).encode()
+
+    def _fit_cameras(self, reply: dict[str, Any], result: Mapping[str, Any]) -> bytes | None:
+        """A ``list``-shaped result with as many cameras' stats as fit (every id if they fit)."""
+        ids, stats = list(result["cam_ids"]), result["stats"]
+        names = list(stats)
+
+        def encode(kept: int, all_ids: bool) -> bytes:
+            cut = {
+                **result,
+                "cam_ids": ids if all_ids else ids[:kept],
+                "stats": {name: stats[name] for name in names[:kept]},
+                "truncated": True,
+                "total": len(ids),
+            }
+            return json.dumps({**reply, "result": cut}, default=str).encode()
+
+        all_ids = len(encode(0, True)) <= self.max_reply
+        if not all_ids and len(encode(0, False)) > self.max_reply:
+            return None
+        low, high = 0, len(names)  # encode(low) fits; find the most that do
+        while low < high:
+            middle = (low + high + 1) // 2
+            if len(encode(middle, all_ids)) <= self.max_reply:
+                low = middle
+            else:
+                high = middle - 1
+        return encode(low, all_ids)
+
+    def _reply(self, action: str, request_id: str | None, body: dict[str, Any]) -> int:
+        """Produce the reply; return its size in bytes."""
         reply = {"action": action[:128], "id": request_id, "instance": self.instance_id, **body}
+        data = self._encode(reply)
         headers: list[tuple[str, str | bytes | None]] = (
-            [(REQUEST_ID_HEADER, request_id.encode())] if request_id else []
+            [(REQUEST_ID_HEADER, request_id.encode()[:4096])] if request_id else []
         )
-        try:
-            self._producer.produce(
-                self.reply_topic,
-                json.dumps(reply, default=str).encode(),
-                action[:128].encode() or None,
-                headers=headers,
-            )
-            self._producer.poll(0)
-        except (BufferError, KafkaException) as exc:
+        for attempt in range(2):
+            try:
+                self._producer.produce(
+                    self.reply_topic,
+                    data,
+                    action[:128].encode() or None,
+                    headers=headers,
+                    on_delivery=self._delivered,
+                )
+                self._producer.poll(0)
+                return len(data)
+            except BufferError:  # the producer's queue is full: let it drain once
+                if attempt == 0:
+                    self._producer.poll(1.0)
+                    continue
+                exc: Exception = BufferError("the reply producer's queue is full")
+            except KafkaException as error:
+                exc = error
+            self.counters["reply_errors"] += 1
             log.error("control reply to %s failed: %s", self.reply_topic, exc)
+            break
+        return len(data)
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.counters["reply_errors"] += 1
+            log.error("control reply to %s not delivered: %s", self.reply_topic, err)
