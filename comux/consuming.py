@@ -415,13 +415,11 @@ class CameraConsumer:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Another member takes these cameras: hand in their results and commit, then let go.
 
-        Their frames leave the batches at once; the results already sent are waited for
-        (bounded by ``before_revoke``) so that the commit covers them.
+        The results already sent are waited for (bounded by ``before_revoke``) so that the
+        commit covers them; then the cameras leave the batches and their partitions go.
         """
         self._rebalanced = True
         revoked = self._cameras_of(partitions)
-        for camera in revoked:
-            camera.assigned = False
         if revoked and self.before_revoke is not None:
             self.before_revoke(revoked)
         self._commit(revoked, asynchronous=False)
