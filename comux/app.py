@@ -416,6 +416,11 @@ class Comux:
         return {c: consumer for c in self._cameras} if consumer else {}
 
     @property
+    def assigned(self) -> frozenset[str]:
+        """The cameras whose topics the consumer group gave this process now."""
+        return frozenset(c for c, camera in list(self._cameras.items()) if camera.assigned)
+
+    @property
     def threads(self) -> Mapping[str, DecodeWorker]:
         """The decode thread of each connected camera's last turn (cameras are not pinned)."""
         return {cam_id: camera.thread for cam_id, camera in self._cameras.items()}

@@ -82,11 +82,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 class Assignment:
-    """Which cameras' partitions this process holds now, watched from a thread.
-
-    comux has no public call for it: the camera objects' ``assigned`` flag (set in the
-    consumer's assign/revoke callbacks) is read here, which is good enough for a test worker.
-    """
+    """Which cameras' partitions this process holds now (``Comux.assigned``), watched."""
 
     def __init__(self, cameras: Comux) -> None:
         self.cameras = cameras
@@ -97,8 +93,7 @@ class Assignment:
         self._thread = threading.Thread(target=self._run, name="worker-assignment", daemon=True)
 
     def now(self) -> frozenset[str]:
-        cams = getattr(self.cameras, "_cameras", {})
-        return frozenset(c for c, cam in list(cams.items()) if getattr(cam, "assigned", False))
+        return self.cameras.assigned
 
     def start(self) -> None:
         self._thread.start()
