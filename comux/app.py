@@ -700,7 +700,9 @@ class Comux:
         if producer is None:
             return
         if producer.transactional:
-            self._commit_transaction(cameras)
+            # The open transaction holds only results of the batch in hand, which is not done:
+            # the next owner reads it again, so these results must not count.
+            producer.abort()
         else:
             producer.flush(_REVOKE_FLUSH_S)
 
