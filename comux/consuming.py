@@ -33,6 +33,7 @@ from confluent_kafka import KafkaError as RdKafkaError
 from .camera import AGAIN, IDLE, QUEUED, RUNNING, Camera
 from .config import TopicSchema, redact
 from .errors import BrokerUnavailableError
+from .logs import COUNT_REPEATS, kafka_error_cb
 
 __all__ = [
     "ConsumerSettings",
@@ -46,6 +47,8 @@ __all__ = [
 log = logging.getLogger("comux.consuming")
 
 _STOP = object()
+_PROBE_S = 3.0  # with no other sign of the broker for this long, ask it for metadata
+_PROBE_TIMEOUT_S = 0.2  # the poll thread waits at most this long on an unreachable broker
 
 
 START = ("end", "earliest", "committed")
@@ -93,9 +96,13 @@ class ConsumerSettings:
             "fetch.wait.max.ms": 10,
             # Adding a camera must not stop the others: only the new partitions move.
             "partition.assignment.strategy": "cooperative-sticky",
-            # A worker killed with -9 releases its cameras to the others after 10 s, not 45.
-            "session.timeout.ms": 10_000,
+            # A worker killed with -9 releases its cameras after 6 s (the broker's minimum),
+            # not 45; the broker also holds a regrouping after its own restart that long.
+            "session.timeout.ms": 6_000,
             "heartbeat.interval.ms": 1_000,
+            # librdkafka backs off reconnects up to 10 s: a broker back from a restart would
+            # wait that long for its cameras' consumer.
+            "reconnect.backoff.max.ms": 1_000,
             "client.id": f"comux-{os.getpid()}",
             "logger": logging.getLogger("comux.kafka"),
         }
@@ -222,7 +229,9 @@ class DecodeWorker(threading.Thread):
                 camera.run()
             except Exception:  # a bug must not kill the thread serving other cameras
                 self.crashes += 1
-                log.exception("camera %s: decoder failed", camera.cam_id)
+                log.exception(
+                    "camera %s: decoder failed", camera.cam_id, extra={"cam_id": camera.cam_id}
+                )
             finally:
                 self.pool._done(camera)
 
@@ -265,11 +274,42 @@ class CameraConsumer:
         self._subscription_dirty = self._pattern is not None
         self._group_metadata: Any = None
         self._rebalanced = True  # the group metadata is to be read again
+        self.broker_seen_at: float | None = None  # monotonic: the broker last answered
 
     # -- setup -------------------------------------------------------------------------------
 
     def check(self) -> None:
         check_broker(self._consumer, self.settings.bootstrap_servers, self.settings.connect_timeout)
+        self.broker_seen_at = time.monotonic()
+
+    def end_offset(self, topic: str, partition: int = 0) -> int | None:
+        """The partition's end (high watermark) as the last fetch saw it; None when unknown.
+
+        Cached by librdkafka: it asks the broker nothing, so any thread may call it.
+        """
+        try:
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), cached=True
+            )
+        except (KafkaException, RuntimeError):  # RuntimeError: the consumer is closed
+            return None
+        return high if high is not None and high >= 0 else None
+
+    def _probe(self) -> None:
+        """Poll thread: ask for one camera topic's metadata, to know the broker still answers.
+
+        Only when nothing else said so lately (messages, commits, a rebalance), and bounded:
+        an unreachable broker holds the poll thread for ``_PROBE_TIMEOUT_S`` at most.
+        """
+        topic = next((camera.topic for camera in list(self._cameras.values())), None)
+        if topic is None:
+            return
+        try:
+            metadata = self._consumer.list_topics(topic, timeout=_PROBE_TIMEOUT_S)
+        except KafkaException:
+            return
+        if metadata.brokers:
+            self.broker_seen_at = time.monotonic()
 
     def add(self, camera: Camera) -> None:
         """Give ``camera`` to the decode threads and subscribe to its topic."""
@@ -364,6 +404,7 @@ class CameraConsumer:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._rebalance_since = None
+        self.broker_seen_at = time.monotonic()
         self._rebalanced = True
         start = {"end": OFFSET_END, "earliest": OFFSET_BEGINNING, "committed": OFFSET_STORED}[
             self.settings.start
@@ -426,23 +467,33 @@ class CameraConsumer:
         self._let_go(consumer, partitions, revoked)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """The group moved on without us (session timed out): nothing may be committed."""
+        """The session timed out (a broker outage, a stalled process): nothing may be committed.
+
+        The fetch positions are kept: given the cameras back, this process goes on where it
+        was, and a camera that fell too far behind jumps, counted, as any other.
+        """
         revoked = self._cameras_of(partitions)
         log.warning("lost %d partitions to the group: not committing them", len(partitions))
-        self._let_go(consumer, partitions, revoked)
+        self._let_go(consumer, partitions, revoked, forget=False)
 
     def _cameras_of(self, partitions: list[TopicPartition]) -> list[Camera]:
         topics = {tp.topic for tp in partitions if tp.partition == 0}
         return [c for c in list(self._cameras.values()) if c.topic in topics]
 
     def _let_go(
-        self, consumer: Consumer, partitions: list[TopicPartition], cameras: list[Camera]
+        self,
+        consumer: Consumer,
+        partitions: list[TopicPartition],
+        cameras: list[Camera],
+        *,
+        forget: bool = True,
     ) -> None:
         for camera in cameras:
             camera.assigned = False
             camera.revoked()
-        for tp in partitions:
-            self._next_fetch.pop((tp.topic, tp.partition), None)
+        if forget:  # another member reads them now: a later assignment starts afresh
+            for tp in partitions:
+                self._next_fetch.pop((tp.topic, tp.partition), None)
         mine = [tp for tp in partitions if tp.partition == 0]
         try:
             if self.settings.cooperative:
@@ -479,7 +530,9 @@ class CameraConsumer:
         failed = err is not None and err.code() != RdKafkaError._NO_OFFSET
         if failed:
             self.commit_errors += 1
-            log.warning("commit failed: %s", err)
+            log.warning("commit failed: %s", err, extra=COUNT_REPEATS)
+        else:
+            self.broker_seen_at = time.monotonic()
         for tp in partitions:
             try:
                 camera = self._cameras.get(self.schema.cam_id(tp.topic))
@@ -529,7 +582,7 @@ class CameraConsumer:
         self._commands.put(lambda: self._commit(list(self._cameras.values())))
 
     def _run(self) -> None:
-        next_lag_check = 0.0
+        next_lag_check = next_probe = 0.0
         next_commit = time.monotonic() + self.settings.commit_interval
         while not self._stop.is_set():
             while True:
@@ -548,7 +601,7 @@ class CameraConsumer:
                 messages = self._consumer.consume(num_messages=256, timeout=0.05)
             except Exception as exc:  # librdkafka raises KafkaError itself from callbacks
                 self.poll_errors += 1
-                log.error("consume failed: %s", exc)
+                log.error("consume failed: %s", exc, extra=COUNT_REPEATS)
                 self._stop.wait(0.1)
                 continue
             for msg in messages:
@@ -557,6 +610,13 @@ class CameraConsumer:
                     continue
                 self._route(msg)
             now = time.monotonic()
+            if messages:
+                self.broker_seen_at = now
+            elif now >= next_probe:
+                next_probe = now + _PROBE_S
+                seen = self.broker_seen_at
+                if seen is None or now - seen > _PROBE_S:
+                    self._probe()
             if now >= next_lag_check:
                 next_lag_check = now + 0.05
                 self._check_lag()
@@ -597,6 +657,9 @@ class CameraConsumer:
                 continue
             if camera is None:
                 continue
+            end = self.end_offset(topic, partition)
+            if end is not None:
+                camera.end_offset = end
             self._maybe_jump(camera, partition, camera.decoder.last_offset)
             if (
                 camera.decoder.holds_frames
@@ -652,7 +715,11 @@ class CameraConsumer:
             self._next_fetch[(topic, partition)] = target
         decoder.skip_below = target
         log.info(
-            "camera %s fell %d behind: jumped to offset %d", camera.cam_id, high - 1 - done, target
+            "camera %s fell %d behind: jumped to offset %d",
+            camera.cam_id,
+            high - 1 - done,
+            target,
+            extra={"cam_id": camera.cam_id},
         )
 
     def _message_error(self, msg: Any) -> None:
@@ -661,7 +728,7 @@ class CameraConsumer:
             return
         if err.code() == RdKafkaError.UNKNOWN_TOPIC_OR_PART:
             self.unknown_topic_errors += 1
-        log.warning("consumer: %s", err)
+        log.warning("consumer: %s", err, extra=COUNT_REPEATS)
 
     def _error_cb(self, err: RdKafkaError) -> None:
-        log.warning("kafka: %s", err)
+        kafka_error_cb(log, err)

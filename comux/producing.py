@@ -24,6 +24,7 @@ from .config import redact
 from .consuming import check_broker
 from .decoding import Message
 from .errors import ComuxTimeoutError, ConfigError, KafkaError
+from .logs import kafka_error_cb
 
 __all__ = ["ResultProducer", "encode_headers", "SOURCE_HEADERS", "RESERVED_PREFIX"]
 
@@ -121,6 +122,7 @@ class ResultProducer:
             "message.max.bytes": 16_000_000,
             "enable.idempotence": True,
             "acks": "all",
+            "reconnect.backoff.max.ms": 1_000,  # see consuming.ConsumerSettings
             "client.id": "comux-producer",
             "logger": logging.getLogger("comux.kafka"),
         }
@@ -158,8 +160,13 @@ class ResultProducer:
             f"transactional={self.transactional}, options={redact(self._options)})"
         )
 
+    @property
+    def queued(self) -> int:
+        """Results produced and not yet delivered (or failed): librdkafka's queue."""
+        return len(self._producer)
+
     def _error_cb(self, err: RdKafkaError) -> None:
-        log.warning("kafka: %s", err)
+        kafka_error_cb(log, err)
 
     def _poll(self) -> None:
         while not self._stop.is_set():

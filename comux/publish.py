@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from confluent_kafka import KafkaException, Producer
+from rich.console import Console
+from rich.text import Text
 
 from .config import TopicSchema, resolve_bootstrap_servers
 from .errors import BrokerUnavailableError, ConfigError, KafkaError
@@ -31,6 +33,7 @@ DEFAULT_PRODUCER_OPTIONS: dict[str, Any] = {
     "message.max.bytes": 8_000_000,
     "batch.size": 8_000_000,
     "compression.type": "none",
+    "reconnect.backoff.max.ms": 1_000,  # back within a second of a broker's restart
     "client.id": "comux-publish",
 }
 # librdkafka logs through this logger (served by poll) instead of raw stderr lines that
@@ -62,13 +65,17 @@ class PublishStats:
 
 
 class _Progress:
-    """One stderr line rewritten with '\\r', at most every 0.25 s, so logs stay readable."""
+    """One stderr line rewritten with '\\r', at most every 0.25 s, so logs stay readable.
+
+    Drawn by rich: styled on a terminal, plain text anywhere else.
+    """
 
     def __init__(self, enabled: bool, topic: str, clock: Callable[[], float]) -> None:
         self.enabled, self.topic, self.clock = enabled, topic, clock
         self.start = clock()
         self.last = float("-inf")
         self.width = 0
+        self.console = Console(file=sys.stderr, highlight=False, soft_wrap=True)
 
     def update(self, packets: int, nbytes: int, final: bool = False) -> None:
         if not self.enabled:
@@ -78,13 +85,17 @@ class _Progress:
             return
         self.last = now
         secs = max(now - self.start, 1e-9)
-        line = (
-            f"{self.topic}: {packets} packets, {nbytes / 1e6:.1f} MB, "
-            f"{packets / secs:.1f} packets/s, {nbytes * 8 / secs / 1e6:.2f} Mbit/s"
+        line = Text.assemble(
+            (self.topic, "bold cyan"),
+            f": {packets} packets, {nbytes / 1e6:.1f} MB, ",
+            (f"{packets / secs:.1f} packets/s", "green"),
+            f", {nbytes * 8 / secs / 1e6:.2f} Mbit/s",
         )
         width, self.width = self.width, len(line)
-        sys.stderr.write("\r" + line.ljust(width) + ("\n" if final else ""))
-        sys.stderr.flush()
+        line.pad_right(max(0, width - len(line)))
+        self.console.file.write("\r")  # rich drops a carriage return inside its text
+        self.console.print(line, end="\n" if final else "")
+        self.console.file.flush()
 
 
 def publish(

@@ -46,3 +46,31 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafk
         yield broker
     finally:
         broker.down()
+
+
+@pytest.fixture(scope="module")
+def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    """A LocalKafka of the module's own, for tests that stop and restart it.
+
+    Both ports are fixed up front, so ``down()`` then ``up()`` brings it back on the same
+    bootstrap and controller ports, with the same data folder (topics and offsets survive;
+    ``up()`` formats storage only when ``meta.properties`` is missing). The jars are the shared
+    cache. Use ``tests.fault_helpers.restart_up(broker)`` to bring it back: it waits for the
+    ports to be free first (``up()`` refuses a busy port rather than picking another).
+    """
+    port = free_port()
+    controller_port = free_port()
+    while controller_port == port:
+        controller_port = free_port()
+    broker = LocalKafka(
+        tmp_path_factory.mktemp("private-kafka"),
+        port=port,
+        controller_port=controller_port,
+        lib_dir=shared_lib_dir(),
+    )
+    broker.up(timeout=180.0)
+    try:
+        yield broker
+    finally:
+        broker.down()
+__all__.append("private_broker")
