@@ -9,7 +9,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from confluent_kafka import TopicPartition
 
@@ -23,6 +23,9 @@ from .errors import ConfigError, KafkaError, StateError, UnknownCameraError, Unk
 from .logs import configure_logging
 from .producing import HeaderValue, ResultProducer
 from .registry import CameraSync, MongoConnect, sync_cameras
+
+if TYPE_CHECKING:
+    from .metrics import MetricsServer
 
 __all__ = ["Comux"]
 
@@ -51,7 +54,9 @@ class Comux:
     :param consume_schema: input topic template holding ``:cam_id``, e.g. ``"raw.:cam_id"``.
     :param produce_schema: output topic template for :meth:`send`, e.g. ``"out.:cam_id"``.
     :param log_level: level of the ``comux`` logger.
-    :param log_file: also write the log to this file (rotated at 20 MB).
+    :param log_file: also write the log to this file (rotated at 20 MB, 5 old files kept;
+        :func:`comux.logs.configure_logging` sets other sizes).
+    :param log_format: ``"text"`` or ``"json"`` (one object per line) for comux's own handlers.
     :param decode_threads: decoder worker threads (default: one per core).
 
     Example::
@@ -74,6 +79,7 @@ class Comux:
         log_level: str | int = "ERROR",
         *,
         log_file: str | os.PathLike | None = None,
+        log_format: Literal["text", "json"] | None = None,
         decode_threads: int | None = None,
     ) -> None:
         if isinstance(cam_ids, str):
@@ -85,7 +91,7 @@ class Comux:
                 self.cam_ids.append(cam_id)
         self.consume_schema = TopicSchema(consume_schema)
         self.produce_schema = TopicSchema(produce_schema)
-        configure_logging(log_level, log_file)
+        configure_logging(log_level, log_file, fmt=log_format)
         if decode_threads is not None and decode_threads < 1:
             raise ConfigError(f"decode_threads must be >= 1, got {decode_threads!r}")
         self._decode_threads = decode_threads
@@ -99,6 +105,8 @@ class Comux:
         self._fifo_bytes = 4 << 20
         self._paused: set[str] = set()
         self._in_hand: list[tuple[Camera, int]] = []  # the frames of the last batch handed out
+        self._batch_observers: tuple[Callable[[Batch, float], None], ...] = ()  # copy on write
+        self._last_batch_at: float | None = None  # monotonic: get_batch last handed one out
         self._on_delivery_error: Callable[[str, int, Exception], None] | None = None
         self.control: Control | None = None
         self.registry: MongoConnect | None = None
@@ -162,7 +170,7 @@ class Comux:
 
     def _known(self, cam_id: str) -> None:
         if cam_id not in self.cam_ids:
-            raise UnknownCameraError(cam_id)
+            raise UnknownCameraError(cam_id, self.cam_ids)
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -637,14 +645,21 @@ class Comux:
 
         Calling it again says the model is done with the previous batch (see :meth:`ack`).
         """
-        if self._pool is None:
-            raise StateError("call setup_decoders() and start() first")
         if self._closed:
             raise StateError("this Comux is closed")
+        if self._pool is None or not self._started:
+            raise StateError("call setup_decoders() and start() first")
+        called = time.monotonic()
         self._move_on()
         batch = self._pool.seal(timeout)
         if batch is None:
             return None
+        self._last_batch_at = now = time.monotonic()
+        for observer in self._batch_observers:
+            try:
+                observer(batch, now - called)
+            except Exception:  # metrics must never cost the model its batch
+                log.exception("batch observer failed")
         cameras = self._cameras
         in_hand = [
             (cameras[c], int(i))
@@ -665,7 +680,7 @@ class Comux:
         """
         camera = self._cameras.get(cam_id)
         if camera is None:
-            raise UnknownCameraError(cam_id)
+            raise UnknownCameraError(cam_id, self.cam_ids)
         camera.ledger.ack(_as_index(index))
 
     def _ack(self, frames: list[tuple[Camera, int]]) -> None:
@@ -758,6 +773,54 @@ class Comux:
     def stats(self) -> dict[str, dict[str, Any]]:
         """Counters per camera: packets, frames delivered, errors and every kind of skip."""
         return {cam_id: dict(camera.stats()) for cam_id, camera in list(self._cameras.items())}
+
+    def process_stats(self) -> dict[str, Any]:
+        """Counters of the whole process: batches, consumer and producer, and how long ago
+        (seconds, None: never) a batch was handed out, the waiting batch's first frame came
+        and the broker last answered. Reads counters only: it never waits on a lock."""
+        now = time.monotonic()
+        pool, consumer, producer = self._pool, self._consumer, self._producer
+        cameras = list(self._cameras.values())
+
+        def since(t: float | None) -> float | None:
+            return None if t is None else round(max(0.0, now - t), 3)
+
+        return {
+            "started": self._started,
+            "closed": self._closed,
+            "cameras": len(cameras),
+            "assigned": sum(1 for camera in cameras if camera.assigned),
+            "batches": pool.batches if pool is not None else 0,
+            "last_batch_age": since(self._last_batch_at),
+            "frames_waiting": since(pool.waiting_since if pool is not None else None),
+            "broker_silence": since(consumer.broker_seen_at if consumer is not None else None),
+            "poll_errors": consumer.poll_errors if consumer is not None else 0,
+            "commit_errors": consumer.commit_errors if consumer is not None else 0,
+            "decode_crashes": (
+                sum(w.crashes for w in consumer.decoders.workers) if consumer is not None else 0
+            ),
+            "producer_sent": producer.sent if producer is not None else 0,
+            "producer_delivered": producer.delivered if producer is not None else 0,
+            "producer_failed": producer.failed if producer is not None else 0,
+            "producer_queued": producer.queued if producer is not None else 0,
+        }
+
+    def observe_batches(self, observer: Callable[[Batch, float], None]) -> Callable[[], None]:
+        """Call ``observer(batch, seconds waited)`` in ``get_batch`` for every batch handed out,
+        before the caller sees it; return a function that stops it. Keep it quick."""
+        self._batch_observers = (*self._batch_observers, observer)
+
+        def stop() -> None:
+            self._batch_observers = tuple(o for o in self._batch_observers if o is not observer)
+
+        return stop
+
+    def serve_metrics(self, port: int, host: str = "127.0.0.1", **options: Any) -> MetricsServer:
+        """Serve ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz`` on ``host:port`` from a
+        daemon thread (see :class:`comux.metrics.MetricsServer`); ``close()`` it when done."""
+        from .metrics import MetricsServer
+
+        return MetricsServer(self, port, host, **options)
 
     # -- lifetime ----------------------------------------------------------------------------
 

@@ -558,7 +558,12 @@ class BatchPool:
         with self._cond:
             if rows.silent and last is not None:
                 rows.stalled_seconds += now - last
-                log.info("camera %s is back after %.2f s", rows.cam_id, now - last)
+                log.info(
+                    "camera %s is back after %.2f s",
+                    rows.cam_id,
+                    now - last,
+                    extra={"cam_id": rows.cam_id},
+                )
             rows.holding, rows.silent = True, False
             if self._first_frame_at is None:
                 self._first_frame_at = now
@@ -600,7 +605,12 @@ class BatchPool:
             if not rows.silent and quiet >= self.silence_limit(rows):
                 rows.silent, rows.holding = True, False
                 rows.stalls += 1
-                log.warning("camera %s went silent: no frame for %.2f s", rows.cam_id, quiet)
+                log.warning(
+                    "camera %s went silent: no frame for %.2f s",
+                    rows.cam_id,
+                    quiet,
+                    extra={"cam_id": rows.cam_id},
+                )
             if rows.holding:
                 due = self.stall_limit(rows) - quiet
                 if due > 0:
@@ -666,6 +676,11 @@ class BatchPool:
             self.batches += 1
             self._learn_take(time.monotonic())
             return Batch(cam_ids, old, self)
+
+    @property
+    def waiting_since(self) -> float | None:
+        """When the first frame of the batch now filling arrived (monotonic); None: no frame."""
+        return self._first_frame_at
 
     def _learn_take(self, now: float) -> None:
         last, self._last_take = self._last_take, now

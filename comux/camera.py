@@ -83,6 +83,8 @@ class Camera:
         self.last_packet_at = time.monotonic()
         self.arrival_gap = 1.0  # seconds between packets, smoothed
         self.flush_due = False  # its topic ended: hand out what the decoder holds back
+        self.end_offset = -1  # its partition's end as the last fetch saw it (poll thread)
+        self.decode_seconds = 0.0  # time in the decoder, conversion into the rows included
         self.closed = False
         self.rows: CameraRows = self._join()
 
@@ -183,7 +185,9 @@ class Camera:
                 self._reset()
                 continue
             self.inbox_bytes -= len(msg.value() or b"")
+            began = time.perf_counter()
             self.decoder.decode(msg)
+            self.decode_seconds += time.perf_counter() - began
             self.ledger.decoded(self.decoder.frontier(), self.decoder.last_key_offset)
             if self._held:
                 break
@@ -254,4 +258,30 @@ class Camera:
         counters["awaiting_delivery"] = len(ledger)  # frames not done yet: in batches or sent
         counters["delivery_failed"] = ledger.delivery_failed
         counters["untracked_sends"] = ledger.untracked_sends
+        counters["decode_seconds"] = round(self.decode_seconds, 6)
+        counters.update(self.lag())
+        counters["assigned"] = self.assigned
+        counters["paused"] = self.user_paused
+        counters["silent"] = self.rows.silent
         return counters
+
+    def lag(self) -> dict[str, Any]:
+        """How far behind the end of its topic the camera is (None: not known yet).
+
+        ``lag_messages``: the partition's end, as the last fetch saw it, minus the last offset
+        given to the decoder; ``lag_seconds``: that many messages at the camera's learned frame
+        interval (its own clock, so no clock sync is needed); ``commit_lag``: messages a restart
+        from the committed offset would read again.
+        """
+        end, last, committed = self.end_offset, self.decoder.last_offset, self.ledger.committed
+        behind = max(0, end - 1 - last) if end >= 0 and last >= 0 else None
+        interval = self.decoder.frame_interval
+        seconds = None
+        if behind is not None and (interval or not behind):
+            seconds = round(behind * (interval or 0.0), 3)
+        return {
+            "end_offset": end,
+            "lag_messages": behind,
+            "lag_seconds": seconds,
+            "commit_lag": max(0, end - committed) if end >= 0 and committed >= 0 else None,
+        }

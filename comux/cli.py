@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .config import BOOTSTRAP_ENV
-from .errors import ComuxError
+from .ctl import add_ctl_parser
+from .errors import ComuxError, PortInUseError
+from .logs import configure_logging
 
 __all__ = ["main"]
 
@@ -28,19 +31,64 @@ def _add_bootstrap(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show each option's default, unless there is none to show (None, a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every verb's parser shows defaults (subparsers are made with the parent's class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
+_DESCRIPTION = (
+    "Many Kafka camera streams in, batches of their newest frames out. "
+    "Run a local broker, publish video, try the demo, or send a control action."
+)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="comux", description=__doc__)
+    parser = _Parser(prog="comux", description=_DESCRIPTION)
+    # Before the verb: `comux --log-format json publish ...` (dests of their own, as a verb
+    # may have options of the same name).
+    parser.add_argument(
+        "--log-level",
+        dest="main_log_level",
+        metavar="LEVEL",
+        default="WARNING",
+        help="level of comux's log (DEBUG, INFO, ...)",
+    )
+    parser.add_argument(
+        "--log-file",
+        dest="main_log_file",
+        metavar="FILE",
+        help="also log to this file, rotated at 20 MB",
+    )
+    parser.add_argument(
+        "--log-format",
+        dest="main_log_format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one object per line",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     kafka = sub.add_parser("kafka", help="run a local Apache Kafka broker on 127.0.0.1")
     ksub = kafka.add_subparsers(dest="kafka_command", required=True)
     up = ksub.add_parser("up", help="provision (once) and start the broker in the background")
     up.add_argument("--dir", default=None, help="state folder (default: ~/.cache/comux/kafka)")
-    up.add_argument("--port", type=int, default=9092)
+    up.add_argument("--port", type=int, default=9092, help="the broker's port on 127.0.0.1")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for it")
     for name, text in (("down", "stop the broker"), ("status", "say whether it runs")):
         p = ksub.add_parser(name, help=text)
-        p.add_argument("--dir", default=None)
+        p.add_argument("--dir", default=None, help="state folder (default: ~/.cache/comux/kafka)")
 
     pub = sub.add_parser("publish", help="produce a video's encoded packets, one per message")
     pub.add_argument("source", nargs="?", help="a video file PyAV can demux")
@@ -49,20 +97,54 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("--fps", type=int, default=25, help="frame rate of --synthetic")
     pub.add_argument("--gop", type=int, default=25, help="keyframe interval of --synthetic")
     pub.add_argument("--bframes", type=int, default=2, help="B-frames in a row, --synthetic")
-    pub.add_argument("--cam-id", required=True)
+    pub.add_argument("--cam-id", required=True, help="the camera's id: key and topic name")
     _add_bootstrap(pub)
-    pub.add_argument("--topic-template", default="raw.:cam_id")
-    pub.add_argument("--rate", choices=("realtime", "max"), default="realtime")
+    pub.add_argument(
+        "--topic-template", default="raw.:cam_id", help=":cam_id is replaced by --cam-id"
+    )
+    pub.add_argument(
+        "--rate",
+        choices=("realtime", "max"),
+        default="realtime",
+        help="realtime: paced by pts, like a camera; max: as fast as the broker takes them",
+    )
     pub.add_argument("--loop", type=int, default=1, help="times to play the source (0: forever)")
-    pub.add_argument("--no-progress", action="store_true")
+    pub.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
     demo = sub.add_parser("demo", help="local broker, synthetic cameras, a stand-in model")
-    demo.add_argument("--cameras", type=int, default=4)
-    demo.add_argument("--size", type=_size, default=(640, 360), metavar="WxH")
-    demo.add_argument("--seconds", type=float, default=20.0)
+    demo.add_argument("--cameras", type=int, default=4, help="synthetic cameras to publish")
+    demo.add_argument(
+        "--size", type=_size, default="640x360", metavar="WxH", help="their frame size"
+    )
+    demo.add_argument("--seconds", type=float, default=20.0, help="how long to run")
     demo.add_argument("--dir", default=None, help="broker state folder")
-    demo.add_argument("--port", type=int, default=9092)
+    demo.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="the local broker's port (default: 9092, or a free one when 9092 is taken)",
+    )
     _add_bootstrap(demo)
+
+    run = sub.add_parser("run", help="run a model on the cameras of a TOML configuration")
+    run.add_argument("config", metavar="CONFIG.toml")
+    run.add_argument("--check", action="store_true", help="validate (and import the model) only")
+    run.add_argument("--grace", type=float, default=10.0, help="seconds a graceful stop may take")
+    run.add_argument("--pid-file", default=None, help="write the pid here (removed at exit)")
+    run.add_argument("--log-file", default=None, help="also log to this file (rotated)")
+    run.add_argument("--log-level", default=None, help="DEBUG, INFO, ... (default: the file's)")
+    run.add_argument("--log-format", choices=("text", "json"), default=None)
+
+    stop = sub.add_parser("stop", help="SIGTERM a `comux run` by its pid file and wait")
+    stop.add_argument("--pid-file", required=True)
+    stop.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for it")
+
+    add_ctl_parser(sub)
+
+    top = sub.add_parser("top", help="a live per-camera table from a running comux's /metrics")
+    top.add_argument("--metrics", required=True, metavar="URL", help="e.g. 127.0.0.1:9108")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes")
+    top.add_argument("--once", action="store_true", help="print one table and exit")
     return parser
 
 
@@ -71,7 +153,19 @@ def _kafka(args: argparse.Namespace) -> int:
 
     if args.kafka_command == "up":
         broker = LocalKafka(args.dir, port=args.port)
-        print(broker.up(timeout=args.timeout, log=lambda line: print(line, file=sys.stderr)))
+        try:
+            bootstrap = broker.up(
+                timeout=args.timeout, log=lambda line: print(line, file=sys.stderr)
+            )
+        except PortInUseError as exc:
+            print(
+                f"comux kafka up: port {exc.port} on 127.0.0.1 is in use by another process. "
+                f"Start on another port with --port N, or use the broker that listens there "
+                f"with --bootstrap-servers 127.0.0.1:{exc.port} (or ${BOOTSTRAP_ENV}).",
+                file=sys.stderr,
+            )
+            return 1
+        print(bootstrap)
         return 0
     broker = LocalKafka(args.dir)
     if args.kafka_command == "down":
@@ -96,9 +190,10 @@ def _publish(args: argparse.Namespace) -> int:
                 width, height, args.frames, fps=args.fps, gop=args.gop, bframes=args.bframes
             )
     else:
+        opened = [file_packets(args.source)]  # a missing or bad file fails here, in one line
 
         def packets():  # type: ignore[no-untyped-def]
-            return file_packets(args.source)
+            return opened.pop() if opened else file_packets(args.source)
 
     stats = publish(
         packets,
@@ -126,9 +221,57 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
 
+def _ctl(args: argparse.Namespace) -> int:
+    from .ctl import run_ctl
+
+    return run_ctl(args)
+
+
+def _top(args: argparse.Namespace) -> int:
+    from .top import run_top
+
+    if not args.interval > 0:
+        raise SystemExit("comux top: --interval must be > 0")
+    return run_top(args.metrics, interval=args.interval, once=args.once)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .runner import check, run
+
+    if args.check:
+        return check(args.config)
+    if not args.grace > 0:
+        raise SystemExit("comux run: --grace must be > 0")
+    # The verb's own options win, then those given before it, then the file's [log].
+    main_level = getattr(args, "main_log_level", None)
+    return run(
+        args.config,
+        grace=args.grace,
+        pid_file=args.pid_file,
+        log_level=args.log_level or (main_level if main_level != "WARNING" else None),
+        log_file=args.log_file or getattr(args, "main_log_file", None),
+        log_format=args.log_format,
+    )
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from .runner import stop
+
+    return stop(args.pid_file, timeout=args.timeout)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"kafka": _kafka, "publish": _publish, "demo": _demo}[args.command]
+    configure_logging(args.main_log_level, args.main_log_file, fmt=args.main_log_format)
+    handler = {
+        "ctl": _ctl,
+        "kafka": _kafka,
+        "publish": _publish,
+        "demo": _demo,
+        "top": _top,
+        "run": _run,
+        "stop": _stop,
+    }[args.command]
     try:
         return handler(args)
     except ComuxError as exc:

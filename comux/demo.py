@@ -9,6 +9,9 @@ import time
 from collections.abc import Iterable
 
 import numpy as np
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
 from .app import Comux
 from .media import synthetic_packets
@@ -23,19 +26,26 @@ def _stand_in_model(frame: np.ndarray) -> dict[str, object]:
     return {"brightness": round(brightness, 1), "bright": brightness > 100}
 
 
-def _table(cameras: Comux, started: float, results: dict[str, int], final: bool = False) -> str:
+def _table(cameras: Comux, started: float, results: dict[str, int], final: bool = False) -> Table:
     elapsed = max(time.monotonic() - started, 1e-6)
-    lines = [
-        f"comux demo: {elapsed:5.1f} s" + ("" if final else "   (Ctrl-C stops)"),
-        f"{'camera':<14}{'fps':>7}{'frames':>8}{'results':>9}{'errors':>8}{'skipped':>9}",
-    ]
+    table = Table(
+        title=f"comux demo: {elapsed:5.1f} s" + ("" if final else "   (Ctrl-C stops)"),
+        title_justify="left",
+    )
+    table.add_column("camera")
+    for name in ("fps", "frames", "results", "errors", "skipped"):
+        table.add_column(name, justify="right")
     for cam_id, s in sorted(cameras.stats().items()):
         skipped = s["skipped_before_keyframe"] + s["lag_dropped"] + s["lag_unread"]
-        lines.append(
-            f"{cam_id:<14}{s['delivered'] / elapsed:>7.1f}{s['delivered']:>8}"
-            f"{results.get(cam_id, 0):>9}{s['decode_errors']:>8}{skipped:>9}"
+        table.add_row(
+            cam_id,
+            f"{s['delivered'] / elapsed:.1f}",
+            str(s["delivered"]),
+            str(results.get(cam_id, 0)),
+            str(s["decode_errors"]),
+            str(skipped),
         )
-    return "\n".join(lines)
+    return table
 
 
 def run_demo(
@@ -44,19 +54,25 @@ def run_demo(
     size: tuple[int, int] = (640, 360),
     seconds: float = 20.0,
     directory: str | os.PathLike | None = None,
-    port: int = 9092,
+    port: int | None = None,
     bootstrap_servers: str | Iterable[str] | None = None,
 ) -> int:
-    """Run the whole pipeline for ``seconds`` and print a per-camera table; 0 on success."""
+    """Run the whole pipeline for ``seconds`` and print a per-camera table; 0 on success.
+
+    ``port``: the local broker's; None takes 9092, or a free port when another process holds it.
+    """
     broker = None
     if bootstrap_servers is None and not os.environ.get("COMUX_BOOTSTRAP_SERVERS"):
-        from .broker import LocalKafka
+        from .broker import DEFAULT_PORT, LocalKafka, pick_port
 
-        broker = LocalKafka(directory, port=port)
+        broker = LocalKafka(directory, port=DEFAULT_PORT if port is None else port)
         if broker.status():
+            bootstrap_servers = broker.up()  # already running: up() only says where
             broker = None  # someone else's broker: leave it running afterwards
-            bootstrap_servers = LocalKafka(directory, port=port).up()
         else:
+            if port is None and (free := pick_port(DEFAULT_PORT)) != DEFAULT_PORT:
+                broker.port = free
+                print(f"port {DEFAULT_PORT} is taken: using {free}", file=sys.stderr)
             print("starting the local Kafka broker…", file=sys.stderr)
             bootstrap_servers = broker.up(log=lambda line: print(line, file=sys.stderr))
     width, height = size
@@ -66,6 +82,7 @@ def run_demo(
     publishers = publish_forever(clip, cam_ids, bootstrap_servers=bootstrap_servers, stop=stop)
 
     results: dict[str, int] = {}
+    console = Console()
     interactive = sys.stdout.isatty()
     try:
         with Comux(cam_ids, "raw.:cam_id", "out.:cam_id", "WARNING") as comux:
@@ -75,18 +92,20 @@ def run_demo(
             comux.start()
             started = time.monotonic()
             next_draw = started
-            while time.monotonic() - started < seconds:
-                batch = comux.get_batch(timeout=1.0) or []
-                for cam_id, index, frame in batch:
-                    if frame is None:
-                        continue
-                    comux.send(cam_id, index, _stand_in_model(frame))
-                    results[cam_id] = results.get(cam_id, 0) + 1
-                if time.monotonic() >= next_draw:
-                    next_draw += 1.0
-                    if interactive:
-                        print("\x1b[H\x1b[2J" + _table(comux, started, results), flush=True)
-            print(_table(comux, started, results, final=True))
+            # Redrawn in place once a second on a terminal; only the final table otherwise.
+            with Live(console=console, auto_refresh=False, transient=True) as live:
+                while time.monotonic() - started < seconds:
+                    batch = comux.get_batch(timeout=1.0) or []
+                    for cam_id, index, frame in batch:
+                        if frame is None:
+                            continue
+                        comux.send(cam_id, index, _stand_in_model(frame))
+                        results[cam_id] = results.get(cam_id, 0) + 1
+                    if time.monotonic() >= next_draw:
+                        next_draw += 1.0
+                        if interactive:
+                            live.update(_table(comux, started, results), refresh=True)
+            console.print(_table(comux, started, results, final=True))
             delivered = sum(s["delivered"] for s in comux.stats().values())
     except KeyboardInterrupt:
         delivered = 1
