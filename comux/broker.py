@@ -27,11 +27,20 @@ from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
-from .errors import ProvisionError
+from .errors import PortInUseError, ProvisionError
 
-__all__ = ["KAFKA_VERSION", "LIB_ENV", "MIN_JAVA", "LocalKafka", "default_directory"]
+__all__ = [
+    "DEFAULT_PORT",
+    "KAFKA_VERSION",
+    "LIB_ENV",
+    "MIN_JAVA",
+    "LocalKafka",
+    "default_directory",
+    "pick_port",
+]
 
 KAFKA_VERSION = "4.3.1"
+DEFAULT_PORT = 9092
 LIB_ENV = "COMUX_KAFKA_LIB"
 MIN_JAVA = 17
 
@@ -108,6 +117,11 @@ def _port_free(port: int) -> bool:
                 return False
             raise
         return True
+
+
+def pick_port(preferred: int = DEFAULT_PORT) -> int:
+    """``preferred`` when a listener could bind it on 127.0.0.1 now, else a free port."""
+    return preferred if _port_free(preferred) else _free_port()
 
 
 def _parse_java_major(version_output: str) -> int | None:
@@ -396,17 +410,19 @@ class LocalKafka:
                 self.port = int(bootstrap.rsplit(":", 1)[1])
                 _say(log, f"already running at {bootstrap} (pid {pid})")
                 return bootstrap
-            java = _find_java()
-            lib = self.provision(log=log)
+            # Ports first: a busy port is said at once, not after fetching the jars.
             controller_port = self.controller_port or _free_port()
             for name, port in (("port", self.port), ("controller port", controller_port)):
                 if not _port_free(port):
-                    raise ProvisionError(
+                    raise PortInUseError(
                         f"{name} {port} on {_HOST} is already in use by another process "
-                        f"(not the broker of {self.directory}); stop it or choose another port"
+                        f"(not the broker of {self.directory}); stop it or choose another port",
+                        port,
                     )
             if self.port == controller_port:
                 raise ProvisionError(f"port and controller port are both {self.port}")
+            java = _find_java()
+            lib = self.provision(log=log)
             self._write_config(controller_port)
             if not (self.data_dir / "meta.properties").is_file():
                 _say(log, "formatting storage …")

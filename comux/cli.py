@@ -9,7 +9,7 @@ from typing import Any
 
 from .config import BOOTSTRAP_ENV
 from .ctl import add_ctl_parser
-from .errors import ComuxError, PortInUseError
+from .errors import ComuxError, ConfigError, PortInUseError
 from .logs import configure_logging
 
 __all__ = ["main"]
@@ -41,10 +41,12 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """Every verb's parser shows defaults (subparsers are made with the parent's class)."""
+    """Every verb's parser shows defaults (subparsers are made with the parent's class) and
+    takes whole option names only (``--secret`` is not ``--secret-env``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _Formatter)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
 
@@ -127,16 +129,18 @@ def _parser() -> argparse.ArgumentParser:
     _add_bootstrap(demo)
 
     run = sub.add_parser("run", help="run a model on the cameras of a TOML configuration")
-    run.add_argument("config", metavar="CONFIG.toml")
+    run.add_argument("config", metavar="CONFIG.toml", help="the run's TOML configuration")
     run.add_argument("--check", action="store_true", help="validate (and import the model) only")
     run.add_argument("--grace", type=float, default=10.0, help="seconds a graceful stop may take")
     run.add_argument("--pid-file", default=None, help="write the pid here (removed at exit)")
     run.add_argument("--log-file", default=None, help="also log to this file (rotated)")
     run.add_argument("--log-level", default=None, help="DEBUG, INFO, ... (default: the file's)")
-    run.add_argument("--log-format", choices=("text", "json"), default=None)
+    run.add_argument(
+        "--log-format", choices=("text", "json"), default=None, help="default: the file's"
+    )
 
     stop = sub.add_parser("stop", help="SIGTERM a `comux run` by its pid file and wait")
-    stop.add_argument("--pid-file", required=True)
+    stop.add_argument("--pid-file", required=True, help="the pid file of that `comux run`")
     stop.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for it")
 
     add_ctl_parser(sub)
@@ -190,7 +194,10 @@ def _publish(args: argparse.Namespace) -> int:
                 width, height, args.frames, fps=args.fps, gop=args.gop, bframes=args.bframes
             )
     else:
-        opened = [file_packets(args.source)]  # a missing or bad file fails here, in one line
+        try:  # a missing or bad file fails here, in one line, before any broker is asked
+            opened = [file_packets(args.source)]
+        except OSError as exc:
+            raise ConfigError(f"cannot open {args.source!r}: {exc.strerror or exc}") from None
 
         def packets():  # type: ignore[no-untyped-def]
             return opened.pop() if opened else file_packets(args.source)

@@ -51,6 +51,7 @@ from .config import redact, resolve_bootstrap_servers
 from .consuming import check_broker, close_within
 from .decoding import DecoderConfig
 from .errors import ConfigError
+from .logs import COUNT_REPEATS
 
 if TYPE_CHECKING:
     from .app import Comux
@@ -388,7 +389,9 @@ class Control:
 
     def _ensure_topics(self, servers: str) -> None:
         """Create the control and reply topics when missing, so no early message is missed."""
-        admin = AdminClient({"bootstrap.servers": servers})
+        log_kafka = logging.getLogger("comux.kafka")
+        conf: dict[str, Any] = {"bootstrap.servers": servers, "logger": log_kafka}
+        admin = AdminClient(conf)
         existing = admin.list_topics(timeout=self._connect_timeout).topics
         missing = [t for t in (self.topic, self.reply_topic) if t not in existing]
         if not missing:
@@ -518,7 +521,7 @@ class Control:
                 msg = self._consumer.poll(0.1)
                 self._producer.poll(0)  # delivery reports of the replies
             except Exception as exc:
-                log.error("control consumer: %s", exc)
+                log.error("control consumer: %s", exc, extra=COUNT_REPEATS)
                 self._stop.wait(0.5)
                 continue
             if msg is None:
@@ -526,7 +529,7 @@ class Control:
             err = msg.error()
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("control consumer: %s", err)
+                    log.warning("control consumer: %s", err, extra=COUNT_REPEATS)
                 continue
             try:
                 self._handle(msg)
@@ -537,7 +540,7 @@ class Control:
             try:
                 self._consumer.commit(message=msg, asynchronous=False)
             except KafkaException as exc:
-                log.warning("control commit failed: %s", exc)
+                log.warning("control commit failed: %s", exc, extra=COUNT_REPEATS)
 
     def _handle(self, msg: Any) -> None:
         headers: dict[str, bytes] = {}

@@ -342,6 +342,7 @@ class CameraDecoder:
                 self.cam_id,
                 t - self._last_key_t,
                 self.key_interval,
+                extra={"cam_id": self.cam_id},
             )
             self.key_interval = self._key_gap = None
 
@@ -402,6 +403,7 @@ class CameraDecoder:
                 offset,
                 hint[:16],
                 "keyframe" if key else "no keyframe",
+                extra={"cam_id": self.cam_id},
             )
 
     def _frame(self, frame: av.VideoFrame) -> None:
@@ -489,7 +491,13 @@ class CameraDecoder:
     def _fail(self, msg: Message, reason: str) -> None:
         self.stats.decode_errors += 1
         self.stats.last_error = reason
-        log.warning("camera %s: offset %d: %s", self.cam_id, msg.offset(), reason)
+        log.warning(
+            "camera %s: offset %d: %s",
+            self.cam_id,
+            msg.offset(),
+            reason,
+            extra={"cam_id": self.cam_id},
+        )
         self._deliver(msg.offset(), None, msg)
         if not self._await_keyframe:
             self._await_keyframe = True

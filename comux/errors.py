@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = [
     "ComuxError",
     "ConfigError",
@@ -14,6 +16,7 @@ __all__ = [
     "StateError",
     "RegistryError",
     "ProvisionError",
+    "PortInUseError",
 ]
 
 
@@ -26,14 +29,25 @@ class ConfigError(ComuxError, ValueError):
 
 
 class UnknownCameraError(ComuxError, KeyError):
-    """A cam_id that this instance does not manage."""
+    """A cam_id that this instance does not manage; the message lists the known ones (up to
+    ``SHOWN_KNOWN``) or says how many there are."""
 
-    def __init__(self, cam_id: str) -> None:
+    SHOWN_KNOWN = 10
+
+    def __init__(self, cam_id: str, known: Iterable[str] | None = None) -> None:
         super().__init__(cam_id)
         self.cam_id = cam_id
+        self.known = None if known is None else list(known)
 
     def __str__(self) -> str:
-        return f"unknown cam_id {self.cam_id!r}"
+        text = f"unknown cam_id {self.cam_id!r}"
+        if self.known is None:
+            return text
+        if not self.known:
+            return text + " (this instance has no cameras)"
+        if len(self.known) <= self.SHOWN_KNOWN:
+            return text + " (known: " + ", ".join(repr(c) for c in self.known) + ")"
+        return text + f" ({len(self.known)} cameras are known)"
 
 
 class UnknownIndexError(ComuxError, KeyError):
@@ -73,6 +87,14 @@ class BatchReleasedError(ComuxError, RuntimeError):
 
 class ProvisionError(ComuxError, RuntimeError):
     """The local Kafka broker could not be provisioned, started or stopped."""
+
+
+class PortInUseError(ProvisionError):
+    """A port the local broker was to listen on is held by another process; ``port`` says which."""
+
+    def __init__(self, message: str, port: int) -> None:
+        super().__init__(message)
+        self.port = port
 
 
 class StateError(ComuxError, RuntimeError):
