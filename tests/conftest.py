@@ -35,4 +35,6 @@ def _isolated_comux_logger() -> Iterator[None]:
         if handler not in handlers:
             logger.removeHandler(handler)
             handler.close()
+
+
 from tests.fixtures_kafka import private_broker  # noqa: E402, F401  (module fixture)

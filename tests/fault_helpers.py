@@ -30,6 +30,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from comux.broker import LocalKafka
+from tests.fleet_helpers import wait_until
 
 __all__ = [
     "OutRecord",
@@ -70,10 +71,12 @@ def restart_up(broker: LocalKafka, timeout: float = 120.0) -> str:
     """
     deadline = time.monotonic() + timeout
     ports = [broker.port] + ([broker.controller_port] if broker.controller_port else [])
-    while not all(_port_free(p) for p in ports):
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"ports {ports} of {broker} still busy after {timeout:g} s")
-        time.sleep(0.1)
+    wait_until(
+        lambda: all(_port_free(p) for p in ports),
+        timeout,
+        f"ports {ports} of {broker} still busy",
+        interval=0.1,
+    )
     bootstrap = broker.up(timeout=max(10.0, deadline - time.monotonic()))
     assert bootstrap == f"127.0.0.1:{ports[0]}", f"came back on {bootstrap}, not port {ports[0]}"
     return bootstrap

@@ -73,4 +73,6 @@ def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKa
         yield broker
     finally:
         broker.down()
+
+
 __all__.append("private_broker")

@@ -29,7 +29,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from comux.media import EncodedPacket, synthetic_packets
-from tests.fleet_helpers import create_topics
+from tests.fleet_helpers import create_topics, poll_until, wait_until
 
 __all__ = [
     "FPS",
@@ -194,10 +194,13 @@ class LivePublisher:
                 self._producer.poll(0.05)
 
     def wait_flowing(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not all(self.delivered.values()):
-            assert time.monotonic() < deadline, f"publisher not delivering: {self.failed[:3]}"
-            time.sleep(0.05)
+        """Until every camera's topic has a delivered packet."""
+        wait_until(
+            lambda: all(self.delivered.values()),
+            timeout,
+            lambda: f"publisher not delivering: {self.failed[:3]}",
+            interval=0.05,
+        )
 
     def stop(self) -> None:
         if self._stop.is_set():
@@ -323,22 +326,23 @@ class WorkerProc:
     def wait(
         self, kind: str, timeout: float, where: Callable[[dict[str, Any]], bool] = lambda e: True
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [e for e in self.of(kind) if where(e)]
-            if found:
-                return found[0]
-            if time.monotonic() >= deadline or self.proc.poll() is not None and not found:
-                if self.proc.poll() is not None:
-                    self._reader.join(2)
-                    found = [e for e in self.of(kind) if where(e)]
-                    if found:
-                        return found[0]
-                raise AssertionError(
-                    f"worker {self.name}: no {kind!r} event in {timeout:g} s "
-                    f"(exit {self.proc.poll()}); stderr: {self.stderr_tail()}"
-                )
-            time.sleep(0.05)
+        """The first ``kind`` event (``where`` it holds); fails after ``timeout`` or once the
+        worker exited without one (its last lines read first)."""
+
+        def found() -> list[dict[str, Any]] | bool:
+            hits = [e for e in self.of(kind) if where(e)]
+            if hits or self.proc.poll() is None:
+                return hits
+            self._reader.join(2)  # exited: what it printed last is read before giving up
+            return [e for e in self.of(kind) if where(e)] or True
+
+        hits = poll_until(found, timeout, interval=0.05)
+        if isinstance(hits, list):
+            return hits[0]
+        raise AssertionError(
+            f"worker {self.name}: no {kind!r} event in {timeout:g} s "
+            f"(exit {self.proc.poll()}); stderr: {self.stderr_tail()}"
+        )
 
     def cams_since(self, since: float) -> set[str]:
         """Cameras with a valid frame in the batches reported since ``since``."""

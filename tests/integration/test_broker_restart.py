@@ -34,7 +34,7 @@ from tests.fault_helpers import (
     read_outputs,
     restart_up,
 )
-from tests.fleet_helpers import create_topics, unique, wait_until
+from tests.fleet_helpers import create_topics, poll_until, unique, wait_until
 from tests.groups import own_group
 
 FPS = 15
@@ -165,12 +165,28 @@ def _await_results(
     bootstrap: str, sent: dict[str, set[int]], out: dict[str, str], timeout: float
 ) -> ResultCheck:
     """Read the output topics until every result sent is there, or ``timeout``; the last check."""
-    deadline = time.monotonic() + timeout
-    while True:
-        check = check_results(sent, read_outputs(bootstrap, out.values()), out)
-        if check.ok or time.monotonic() >= deadline:
-            return check
-        time.sleep(1.0)
+    checks: list[ResultCheck] = []
+
+    def complete() -> bool:
+        checks.append(check_results(sent, read_outputs(bootstrap, out.values()), out))
+        return checks[-1].ok
+
+    poll_until(complete, timeout, interval=0.5)
+    return checks[-1]
+
+
+def _sent_after(loop: ResultLoop, threshold: dict[str, int]) -> collections.Counter[str]:
+    """Per camera, the results sent of frames at or past its ``threshold`` offset."""
+    return collections.Counter(s.cam_id for s in list(loop.sent) if s.index >= threshold[s.cam_id])
+
+
+def _unsent(loop: ResultLoop, until: float) -> set[tuple[str, int]]:
+    """Valid frames the loop got by ``until`` whose send has not happened (or raised) yet."""
+    with loop.lock:
+        got = {(c, i) for t, rows in loop.batches if t <= until for c, i, ok in rows if ok}
+    done = {(s.cam_id, s.index) for s in list(loop.sent)}
+    done |= {(c, i) for _, c, i, _ in list(loop.send_errors)}
+    return got - done
 
 
 @pytest.mark.parametrize(
@@ -212,7 +228,7 @@ def test_results_survive_broker_restart(private_broker, outage):
         t_down = time.monotonic()
         broker.down()
         t_down_done = time.monotonic()
-        time.sleep(outage)  # the model loop keeps calling get_batch and send meanwhile
+        time.sleep(outage)  # the outage (scenario time): the model loop gets and sends meanwhile
         t_up = time.monotonic()
         seen_before = loop.max_index(until=t_up)
         restart_up(broker)
@@ -228,10 +244,18 @@ def test_results_survive_broker_restart(private_broker, outage):
             ),
         )
         resumed = loop.first_newer(t_up_done, threshold)
-        time.sleep(3.0)  # results of frames after the outage, too
+        # Results of frames after the outage, too: a second of video per camera sent.
+        wait_until(
+            lambda: all(_sent_after(loop, threshold)[c] >= FPS for c in cams) or loop.error,
+            RESULT_DELAY_S + 20,
+            lambda: (
+                f"results of frames past the outage sent per camera "
+                f"{dict(_sent_after(loop, threshold))}, want {FPS} each; {cameras.stats()}"
+            ),
+        )
         report = publisher.stop()
         high_end = high_watermarks(bootstrap, raw.values())
-        _wait_settled(cameras, 10.0)
+        _wait_consumed(cameras, {c: high_end[raw[c]] for c in cams}, 20.0)
         loop.halt()
         counters_before_close = _producer_counters(cameras)
         stats = cameras.stats()
@@ -301,21 +325,25 @@ def test_results_survive_broker_restart(private_broker, outage):
     assert not problems, "\n".join(problems)
 
 
-def _wait_settled(cameras: Comux, timeout: float) -> None:
-    """Until nothing is queued and the packet counters stood still for a second."""
-    deadline = time.monotonic() + timeout
-    last, since = None, time.monotonic()
-    while time.monotonic() < deadline:
+def _wait_consumed(cameras: Comux, ends: dict[str, int], timeout: float) -> None:
+    """Until every camera's decoder took the last offset before ``ends[cam]`` (the topic's end
+    once the publisher stopped: every packet is counted) and nothing is queued."""
+
+    def consumed() -> bool:
         stats = cameras.stats()
-        now = (
-            tuple(s["packets"] for s in stats.values()),
-            sum(s["queued"] for s in stats.values()),
+        return all(
+            stats[c]["end_offset"] >= end
+            and stats[c]["lag_messages"] == 0
+            and stats[c]["queued"] == 0
+            for c, end in ends.items()
         )
-        if now != last:
-            last, since = now, time.monotonic()
-        elif now[1] == 0 and time.monotonic() - since >= 1.0:
-            return
-        time.sleep(0.1)
+
+    def describe() -> str:
+        stats = cameras.stats()
+        keys = ("end_offset", "lag_messages", "queued", "packets")
+        return f"not consumed to {ends}: { {c: {k: stats[c][k] for k in keys} for c in ends} }"
+
+    wait_until(consumed, timeout, describe, interval=0.1)
 
 
 def test_close_while_broker_down_is_bounded(private_broker):
@@ -341,7 +369,13 @@ def test_close_while_broker_down_is_bounded(private_broker):
             lambda: f"not every camera delivered {FPS} frames: {cameras.stats()}",
         )
         broker.down()
-        time.sleep(RESULT_DELAY_S + 0.5)  # results of frames before the outage are now queued
+        t_down = time.monotonic()
+        # The results of the frames got before the outage are sent (queued in the producer).
+        wait_until(
+            lambda: not _unsent(loop, t_down) or loop.error,
+            RESULT_DELAY_S + 10,
+            lambda: f"results of {len(_unsent(loop, t_down))} frames not sent yet",
+        )
         loop.halt()
         queued = _producer_counters(cameras)
         t0 = time.monotonic()

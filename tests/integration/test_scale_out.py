@@ -50,6 +50,8 @@ from tests.scale_helpers import (
 
 SESSION_TIMEOUT_S = 10.0  # comux's default session.timeout.ms
 SLACK_S = 5.0  # rebalance after the session timed out, fetch from the commit, first decode
+# A killed worker's last commit: the group's commits read unchanged this long have landed.
+STILL_S = 0.5
 
 
 class Procs:
@@ -99,6 +101,68 @@ def wait_committed(scenario: Scenario, cams: list[str], timeout: float = 20.0) -
 
     wait_until(ready, timeout, lambda: f"no commit for some of {cams}: {box}", interval=0.3)
     return box
+
+
+def last_committed(worker: WorkerProc) -> dict[str, int]:
+    """What ``worker`` last reported committed (its ``committed`` events; {} before one)."""
+    done = worker.of("committed")
+    if not done:
+        return {}
+    return {c: o for c, o in done[-1]["offsets"].items() if o is not None}
+
+
+def wait_commits_landed(
+    scenario: Scenario, dead: WorkerProc, cams: list[str], timeout: float = 15.0
+) -> dict[str, int]:
+    """The group's commits of ``cams`` once ``dead`` (killed) can change them no more: a commit
+    it sent just before it died has landed. At least what it last reported committed, and
+    unchanged over reads spanning STILL_S."""
+    floor = last_committed(dead)
+    seen: dict[str, Any] = {"value": None, "since": 0.0}
+
+    def landed() -> dict[str, int] | None:
+        now = time.monotonic()
+        got = scenario.committed(cams)
+        if got != seen["value"]:
+            seen.update(value=got, since=now)
+        if all(got[c] >= floor.get(c, -1) for c in cams) and now - seen["since"] >= STILL_S:
+            return got
+        return None
+
+    return wait_until(
+        landed,
+        timeout,
+        lambda: f"commits {seen['value']} not settled; {dead.name} last reported {floor}",
+        interval=0.1,
+    )
+
+
+def wait_worker_committed(
+    worker: WorkerProc, past: dict[str, int], timeout: float = 20.0
+) -> dict[str, int]:
+    """Until ``worker`` reports a commit past ``past[cam]`` for every camera of ``past``."""
+
+    def done() -> dict[str, int] | None:
+        got = last_committed(worker)
+        return got if all(got.get(c, -1) > o for c, o in past.items()) else None
+
+    return wait_until(
+        done,
+        timeout,
+        lambda: (
+            f"{worker.name} committed {last_committed(worker)}, not past {past}; "
+            f"stderr: {worker.stderr_tail()}"
+        ),
+        interval=0.1,
+    )
+
+
+def first_offsets(worker: WorkerProc) -> dict[str, int]:
+    """The offset of each camera's first frame at ``worker`` (its first ``cam_first``)."""
+    out: dict[str, int] = {}
+    for e in worker.of("cam_first"):
+        out.setdefault(e["cam"], e["offset"])
+    return out
 
 
 def wait_frames(worker: WorkerProc, cams: list[str], timeout: float = 30.0) -> None:
@@ -264,8 +328,7 @@ def test_two_workers_split_and_survivor_takes_over(kafka_broker, procs: Procs) -
     wait_until(own_commits, 20, lambda: f"a2 committed {w2.of('committed')[-1:]}")
 
     t_kill = w2.kill9()
-    time.sleep(0.5)  # a commit the worker sent just before it died has landed
-    at_kill = sc.committed(dead)
+    at_kill = wait_commits_landed(sc, w2, dead)
     records = sc.outputs()
     snapshot = sc.results(records)
     check_committed_covered({c: snapshot[c] for c in dead}, at_kill, "a2 killed")
@@ -278,8 +341,14 @@ def test_two_workers_split_and_survivor_takes_over(kafka_broker, procs: Procs) -
     survivor_s = max(firsts[c]["t"] for c in dead) - t_kill
     assigned = [e for e in w1.of("assignment", since=t_kill) if set(dead) <= set(e["cams"])]
     assigned_s = assigned[0]["t"] - t_kill if assigned else float("nan")
-    time.sleep(3.0)
-    all8 = w1.cams_since(time.time() - 2.0)
+    t_taken = max(firsts[c]["t"] for c in dead)
+
+    def after_takeover() -> set[str]:
+        """Cameras in the batches a1 reported after the one that completed the takeover."""
+        return {c for e in w1.of("batch", since=t_taken)[1:] for c in e["cams"]}
+
+    poll_until(lambda: after_takeover() == set(sc.cams), 15, interval=0.1)
+    all8 = after_takeover()
     closed = w1.terminate()
     pub.stop()
 
@@ -326,8 +395,7 @@ def test_kill_between_produce_and_commit_then_restart(kafka_broker, procs: Procs
     )
     wait_committed(sc, sc.cams)
     w1.kill9()
-    time.sleep(0.5)
-    at_kill = sc.committed()
+    at_kill = wait_commits_landed(sc, w1, sc.cams)
     snapshot = sc.results()
     check_committed_covered(snapshot, at_kill, "b1 killed")
     beyond = {c: max(snapshot[c]) + 1 - at_kill[c] for c in sc.cams}
@@ -379,8 +447,8 @@ def test_static_member_replacement_takes_over_at_once(kafka_broker, procs: Procs
     pub.wait_flowing()
     old = procs.worker(sc, name="w1-old", instance_id="w1")
     wait_frames(old, sc.cams)
-    wait_committed(sc, sc.cams)
-    time.sleep(1.0)
+    # In its stride: a periodic commit past the group's first one on every camera.
+    wait_worker_committed(old, wait_committed(sc, sc.cams))
     old.kill9()
     new = procs.worker(sc, name="w1-new", instance_id="w1")  # at once
     at_kill = sc.committed()
@@ -389,7 +457,7 @@ def test_static_member_replacement_takes_over_at_once(kafka_broker, procs: Procs
     wait_frames(new, sc.cams, timeout=60)
     all_s = max(e["t"] for e in new.of("cam_first")) - new.started
     ready_s = new.of("ready")[0]["t"] - new.started
-    time.sleep(2.0)
+    wait_worker_committed(new, at_kill)  # the replacement commits its own progress
     closed = new.terminate()
     pub.stop()
     final = sc.committed()
@@ -420,7 +488,17 @@ def test_rebalance_while_a_batch_is_in_hand(kafka_broker, procs: Procs) -> None:
     w1 = procs.worker(sc, name="d1", hold_seconds=6.0, commit_interval=5.0)
     wait_frames(w1, sc.cams)
     wait_committed(sc, sc.cams)
-    time.sleep(1.5)
+
+    def past_the_commit() -> bool:  # the frames in d1's hands, and so the held ones next
+        committed, last = sc.committed(), w1.last_offsets()
+        return all(last.get(c, -1) > committed[c] + GOP for c in sc.cams)
+
+    wait_until(
+        past_the_commit,
+        20,
+        lambda: f"d1 at {w1.last_offsets()}, not a GOP past the commit {sc.committed()}",
+        interval=0.3,
+    )
     w1.signal(signal.SIGUSR1)
     holding = w1.wait("holding", 10)
     before = sc.committed()
@@ -435,7 +513,8 @@ def test_rebalance_while_a_batch_is_in_hand(kafka_broker, procs: Procs) -> None:
     taken: dict[str, int] = {}
     for e in w2.of("cam_first"):  # the first time d2 got each camera
         taken.setdefault(e["cam"], e["offset"])
-    time.sleep(3.0)
+    # d2 goes on with what it took: it committed each revoked camera past where it started.
+    wait_worker_committed(w2, {c: taken[c] for c in revoked})
     for w in (w1, w2):
         w.signal(signal.SIGTERM)
     closed = [w1.terminate(), w2.terminate()]
@@ -498,8 +577,10 @@ def test_model_slower_than_max_poll_interval(kafka_broker, procs: Procs) -> None
 
     past = poll_until(committed_past, 15, interval=0.3)
     past_s = time.time() - sent["t"]
-    time.sleep(1.0)
-    recent = w.cams_since(time.time() - 1.0)
+    t_past = time.time()
+    # frames after the slow batch: batches reported since the commit passed the held frames
+    poll_until(lambda: w.cams_since(t_past) == set(sc.cams), 10, interval=0.1)
+    recent = w.cams_since(t_past)
     closed = w.terminate()
     pub.stop()
     final = sc.committed()
@@ -533,7 +614,13 @@ def test_added_worker_takes_uncommitted_cameras_without_a_gap(kafka_broker, proc
     pub.wait_flowing()
     w1 = procs.worker(sc, name="f1", commit_interval=60.0)
     wait_frames(w1, sc.cams)
-    time.sleep(1.0)
+    # f1 is a GOP past its first frame on every camera: results across a keyframe, uncommitted
+    start1 = first_offsets(w1)
+    wait_until(
+        lambda: all(w1.last_offsets().get(c, -1) >= start1[c] + GOP for c in sc.cams),
+        20,
+        lambda: f"f1 at {w1.last_offsets()}, started at {start1}",
+    )
     w2 = procs.worker(sc, name="f2")
     wait_until(
         lambda: len(w2.of("cam_first")) >= 1 and time.time() - w2.of("cam_first")[-1]["t"] > 1.5,
@@ -541,7 +628,9 @@ def test_added_worker_takes_uncommitted_cameras_without_a_gap(kafka_broker, proc
         lambda: f"f2 took no camera: {w2.of('assignment')}; stderr: {w2.stderr_tail()}",
     )
     moved = sorted(e["cam"] for e in w2.of("cam_first"))
-    time.sleep(1.0)
+    # f2 goes on with what it took: it committed each moved camera past where it started.
+    start2 = first_offsets(w2)
+    wait_worker_committed(w2, {c: start2[c] for c in moved})
     for w in (w1, w2):
         w.signal(signal.SIGTERM)
     closed = [w1.terminate(), w2.terminate()]
