@@ -48,7 +48,7 @@ from tests.scale_helpers import (
     publish_backlog,
 )
 
-SESSION_TIMEOUT_S = 10.0  # comux's default session.timeout.ms
+SESSION_TIMEOUT_S = 6.0  # comux's default session.timeout.ms
 SLACK_S = 5.0  # rebalance after the session timed out, fetch from the commit, first decode
 # A killed worker's last commit: the group's commits read unchanged this long have landed.
 STILL_S = 0.5
