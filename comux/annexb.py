@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from .errors import ConfigError
 
 __all__ = [
+    "CODECS",
     "START_CODE",
     "normalize_codec",
     "iter_nals",
@@ -24,6 +25,16 @@ __all__ = [
     "insert_parameter_sets",
 ]
 
+# The codec names comux takes (lower case, without '.' and '-') and the decoder each one means.
+CODECS: dict[str, str] = {
+    "h264": "h264",
+    "avc": "h264",
+    "avc1": "h264",
+    "hevc": "hevc",
+    "h265": "hevc",
+    "hvc1": "hevc",
+    "hev1": "hevc",
+}
 START_CODE = b"\x00\x00\x00\x01"
 _SHORT_START = b"\x00\x00\x01"
 
@@ -36,13 +47,11 @@ _HEVC_VCL = range(0, 32)
 
 
 def normalize_codec(codec: str) -> str:
-    """Return ``"h264"`` or ``"hevc"`` for the spellings gateways use (h265, avc, ...)."""
-    name = codec.lower().replace(".", "").replace("-", "")
-    if name in ("h264", "avc", "avc1"):
-        return "h264"
-    if name in ("hevc", "h265", "hvc1", "hev1"):
-        return "hevc"
-    raise ConfigError(f"unsupported codec {codec!r}: only h264 and hevc")
+    """Return ``"h264"`` or ``"hevc"`` for the spellings gateways use (h265, avc1, H.264, ...)."""
+    try:
+        return CODECS[codec.lower().replace(".", "").replace("-", "")]
+    except KeyError:
+        raise ConfigError(f"unsupported codec {codec!r}: only h264 and hevc") from None
 
 
 def iter_nals(data: bytes) -> Iterator[tuple[int, int]]:

@@ -13,16 +13,17 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from confluent_kafka import TopicPartition
 
+from .acts import Act, Acts
 from .batching import POLICIES, Allocator, Batch, BatchPool, Entry, Policy, frame_writer
 from .camera import Camera
-from .config import TopicSchema, resolve_bootstrap_servers
+from .config import CAM_ID_PATTERN, TopicSchema, resolve_bootstrap_servers
 from .consuming import START, CameraConsumer, ConsumerSettings, DecodeWorker
-from .control import CAM_ID_PATTERN, Act, Control
+from .control import Control
 from .decoding import DecoderConfig, PixFmt
 from .errors import ConfigError, KafkaError, StateError, UnknownCameraError, UnknownIndexError
 from .logs import configure_logging
-from .producing import HeaderValue, ResultProducer
 from .registry import CameraSync, MongoConnect, sync_cameras
+from .results import HeaderValue, ResultProducer
 
 if TYPE_CHECKING:
     from .metrics import MetricsServer
@@ -98,6 +99,7 @@ class Comux:
         self._consumer: CameraConsumer | None = None
         self._producer: ResultProducer | None = None
         self._decoder_config: DecoderConfig | None = None
+        self._buffers = 3  # setup_decoders(buffers=...)
         self._cameras: dict[str, Camera] = {}
         self._pool: BatchPool | None = None
         self._policy: Policy | None = None
@@ -334,10 +336,16 @@ class Comux:
             stall_timeout=stall_timeout,
         )
         self._decoder_config = config
+        self._buffers = buffers
         self._policy = policy
         self._fifo_depth = fifo_depth
         self._fifo_bytes = fifo_bytes
         self._pool = pool
+
+    def batch_layout(self) -> tuple[tuple[int, ...], int]:
+        """The shape of one frame in the batches and how many batch buffers there are: what
+        ``setup_decoders`` chose, or its defaults before it is called."""
+        return (self._decoder_config or DecoderConfig()).shape, self._buffers
 
     def _default_policy(self) -> Policy:
         if self._policy is not None:
@@ -391,28 +399,32 @@ class Comux:
         self,
         control_topic: str,
         control_bootstrap_servers: str | Iterable[str] | None = None,
-        acts: Mapping[str, Act] | None = None,
+        acts: Mapping[str, Act[Comux]] | None = None,
         **options: Any,
     ) -> Control:
         """Start the control thread on ``control_topic`` (see :class:`comux.control.Control`).
 
         :param acts: action name → ``f(comux, value)``, added to the built-in ``create``,
             ``delete``, ``update``, ``list``, ``pause`` and ``resume``.
-        :param options: ``reply_topic``, ``instance_id``, ``groups``, ``filter``, ``secret``,
-            ``max_skew``, ``max_payload``, ``max_cameras``, ``replay_window``, ``max_reply``;
-            the rest go to librdkafka.
+        :param options: ``max_cameras`` (see :class:`comux.acts.Acts`); ``reply_topic``,
+            ``instance_id``, ``groups``, ``filter``, ``secret``, ``max_skew``, ``max_payload``,
+            ``replay_window``, ``max_reply``, ``connect_timeout``; the rest go to librdkafka.
         """
+        dispatch = Acts(self, acts, max_cameras=options.pop("max_cameras", None))
+        control = Control(
+            control_topic, dispatch, bootstrap_servers=control_bootstrap_servers, **options
+        )
         # The old controller is stopped without the lock: its thread may be waiting for it
-        # between two steps of a big create, and kill() must not wait on that.
+        # between two steps of a big create, and stop() must not wait on that.
         with self._lock:
             old, self.control = self.control, None
         if old is not None:
-            old.kill()
-        control = Control(control_topic, control_bootstrap_servers, acts, self, **options)
+            old.stop()
+        control.start()
         with self._lock:
             old, self.control = self.control, control
         if old is not None:  # another setup_controller ran meanwhile: the last one wins
-            old.kill()
+            old.stop()
         return control
 
     # -- cameras -----------------------------------------------------------------------------
@@ -641,7 +653,7 @@ class Comux:
         ``stacked=True`` the result is a :class:`Batch`: ``batch.frames`` is one (N, H, W, C)
         array in preallocated memory, shared without a copy (``torch.from_dlpack(batch.frames)``);
         call ``batch.release()`` or use ``with`` when done. Without it, a list of
-        ``(cam_id, index, frame or None)`` with frames copied out, as the original API returned.
+        ``(cam_id, index, frame or None)`` with frames copied out.
 
         Calling it again says the model is done with the previous batch (see :meth:`ack`).
         """
@@ -845,7 +857,7 @@ class Comux:
             if self.registry is not None:
                 self.registry.close()
             if self.control is not None:
-                self.control.kill(timeout / 5)
+                self.control.stop(timeout / 5)
             if self._producer is not None:
                 # Deliveries first: the consumer's last commit counts only delivered results.
                 self._producer.flush(max(0.0, (deadline - time.monotonic()) / 3))

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import av
 import numpy as np
 
+from .backend import BACKEND, BACKENDS, Backend
 from .errors import BatchReleasedError, ComuxTimeoutError, ConfigError, UnknownCameraError
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "Policy",
     "Entry",
     "Publish",
+    "compiled_writer",
     "frame_writer",
     "pyav_writer",
 ]
@@ -535,13 +537,14 @@ class BatchPool:
             buf.timestamps[slot] = time.time()
             buf.corrupt[slot] = frame is None
             buf.written[slot] = True
+            # Before the writer lets go: whoever froze the rows (take) may move it.
+            rows.next_seq = seq + 1
         finally:
             rows.writing = None
         if not first:
             rows.replaced += 1
             if rows.on_replaced is not None:
                 rows.on_replaced(replaced)
-        rows.next_seq = seq + 1
         self._tick(rows, wake=first and seq == self._filling_seq)
         return "written"
 
@@ -732,6 +735,9 @@ class BatchPool:
                 buf.indices[i], buf.pts[i], buf.timestamps[i] = rows.last_valid_meta
                 buf.valid[i] = True
                 self.bytes_copied += buf.frames[i].nbytes
+            else:
+                # Empty: not the index a taken frame or a removed camera left in the row.
+                buf.indices[i] = buf.pts[i] = -1
 
     def take(self, cam_id: str, timeout: float | None = None) -> Entry | None:
         """Copy out ``cam_id``'s next frame, leaving its slot of the next batch empty."""
@@ -752,15 +758,34 @@ class BatchPool:
                 buf = self._open[self._filling_seq]
                 if not buf.written[slot]:
                     return None
-                buf.written[slot] = False
                 index = int(buf.indices[slot])
-                if buf.corrupt[slot]:
-                    return cam_id, index, None
-                frame = buf.frames[slot].copy()
+                frame = None if buf.corrupt[slot] else buf.frames[slot].copy()
+                self._close_gap(rows, slot)
+                woken, rows.blocked = rows.blocked, False
             finally:
                 rows.frozen = False
+        if woken and rows.on_room is not None:
+            rows.on_room()
+        if frame is None:
+            return cam_id, index, None
         self.bytes_copied += frame.nbytes
         return cam_id, index, frame
+
+    def _close_gap(self, rows: CameraRows, slot: int) -> None:
+        """Move the camera's later frames one buffer down, over the frame just taken.
+
+        Its frames stay in consecutive buffers from the filling one, so the next take or seal
+        finds them (a gap would hide them for good), and a full fifo camera gets a row back.
+        Call with the rows frozen and the consume and struct locks held.
+        """
+        seq = self._filling_seq
+        buf = self._open[seq]
+        while (later := self._open.get(seq + 1)) is not None and later.written[slot]:
+            later.copy_row(slot, slot, into=buf)
+            self.bytes_copied += buf.frames[slot].nbytes
+            buf, seq = later, seq + 1
+        buf.written[slot] = False
+        rows.next_seq = seq  # the row just emptied: fifo writes there, latest one before
 
     def counters(self, cam_id: str) -> dict[str, Any]:
         return self.rows(cam_id).counters()
@@ -777,7 +802,7 @@ def pyav_writer(pix_fmt: str) -> FrameWriter:
     return write
 
 
-def frame_writer(pix_fmt: str) -> FrameWriter:
+def compiled_writer(pix_fmt: str) -> FrameWriter:
     """Convert decoded frames straight into their slot with the compiled kernels.
 
     What the kernels do not cover (10-bit, 4:2:2, odd nv12 sizes, ...) goes through swscale and
@@ -797,3 +822,22 @@ def frame_writer(pix_fmt: str) -> FrameWriter:
         fallback(frame, out)
 
     return write
+
+
+def frame_writer(pix_fmt: str, *, backend: Backend | None = None) -> FrameWriter:
+    """The frame writer of ``backend``: :func:`compiled_writer` or :func:`pyav_writer`.
+
+    :param pix_fmt: the slot's pixel format: "rgb24", "bgr24", "gray" or "yuv420p".
+    :param backend: "compiled" or "reference"; None: the one ``COMUX_BACKEND`` chose
+        (:data:`comux.backend.BACKEND`).
+
+    Example::
+
+        pool = BatchPool((240, 320, 3), writer=frame_writer("rgb24"))
+    """
+    chosen = BACKEND if backend is None else backend
+    if chosen == "compiled":
+        return compiled_writer(pix_fmt)
+    if chosen == "reference":
+        return pyav_writer(pix_fmt)
+    raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {chosen!r}")

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
-from .errors import PortInUseError, ProvisionError
+from .errors import BrokerUnavailableError, PortInUseError, ProvisionError
 
 __all__ = [
     "DEFAULT_PORT",
@@ -214,24 +214,25 @@ def _server_properties(port: int, controller_port: int, data_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _probe(bootstrap: str, timeout: float) -> bool:
+def _answers(bootstrap: str, timeout: float) -> bool:
     """Whether a broker at bootstrap answers a metadata request within timeout seconds."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
+    from . import kafka  # imported when asked: provisioning a broker needs no Kafka client
 
-    client = AdminClient(
-        {
-            "bootstrap.servers": bootstrap,
-            "log_level": 0,  # "connection refused" while it starts is expected, not news
-            "reconnect.backoff.ms": 50,
-            "reconnect.backoff.max.ms": 500,
-        }
+    client = kafka.admin(
+        kafka.config(
+            bootstrap,
+            {
+                "log_level": 0,  # "connection refused" while it starts is expected, not news
+                "reconnect.backoff.ms": 50,
+                "reconnect.backoff.max.ms": 500,
+            },
+        )
     )
     try:
-        metadata = client.list_topics(timeout=max(timeout, 0.1))
-    except KafkaException:
+        kafka.probe(client, bootstrap, max(timeout, 0.1))
+    except BrokerUnavailableError:
         return False
-    return bool(metadata.brokers)
+    return True
 
 
 class LocalKafka:
@@ -396,7 +397,7 @@ class LocalKafka:
         if self._running_pid() is None:
             return None
         bootstrap = self._running_bootstrap()
-        return bootstrap if _probe(bootstrap, _STATUS_PROBE_S) else None
+        return bootstrap if _answers(bootstrap, _STATUS_PROBE_S) else None
 
     def up(self, *, timeout: float = 180.0, log: Log = None) -> str:
         """Start the broker unless it runs already, wait until it answers; return bootstrap."""
@@ -509,7 +510,7 @@ class LocalKafka:
         """Poll metadata until the broker answers; fail early if its process exits."""
         while True:
             asked = time.monotonic()
-            if _probe(bootstrap, min(2.0, max(deadline - asked, 0.1))):
+            if _answers(bootstrap, min(2.0, max(deadline - asked, 0.1))):
                 return
             if not self._is_our_broker(pid):
                 raise ProvisionError(

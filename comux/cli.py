@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .bench import add_bench_parser
 from .config import BOOTSTRAP_ENV
 from .ctl import add_ctl_parser
 from .errors import ComuxError, ConfigError, PortInUseError
@@ -138,12 +139,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--log-format", choices=("text", "json"), default=None, help="default: the file's"
     )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serve /metrics, /healthz, /readyz on this port (0: a free one, printed); "
+        "default: the file's [metrics] port, else none",
+    )
+    run.add_argument(
+        "--live", action="store_true", help="show the `comux top` table while running (a TTY)"
+    )
 
     stop = sub.add_parser("stop", help="SIGTERM a `comux run` by its pid file and wait")
     stop.add_argument("--pid-file", required=True, help="the pid file of that `comux run`")
     stop.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for it")
 
     add_ctl_parser(sub)
+    add_bench_parser(sub)
 
     top = sub.add_parser("top", help="a live per-camera table from a running comux's /metrics")
     top.add_argument("--metrics", required=True, metavar="URL", help="e.g. 127.0.0.1:9108")
@@ -258,7 +271,15 @@ def _run(args: argparse.Namespace) -> int:
         log_level=args.log_level or (main_level if main_level != "WARNING" else None),
         log_file=args.log_file or getattr(args, "main_log_file", None),
         log_format=args.log_format,
+        metrics_port=args.metrics_port,
+        live=args.live,
     )
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
 
 
 def _stop(args: argparse.Namespace) -> int:
@@ -278,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "top": _top,
         "run": _run,
         "stop": _stop,
+        "bench": _bench,
     }[args.command]
     try:
         return handler(args)

@@ -1,8 +1,9 @@
-"""Bootstrap-server resolution, topic templates and secret redaction."""
+"""Bootstrap-server resolution, topic templates, the cam id pattern and secret redaction."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -12,14 +13,29 @@ __all__ = [
     "BOOTSTRAP_ENV",
     "resolve_bootstrap_servers",
     "TopicSchema",
+    "CAM_ID_PATTERN",
     "redact",
+    "is_secret",
+    "SECRET_MARKERS",
 ]
 
 BOOTSTRAP_ENV = "COMUX_BOOTSTRAP_SERVERS"
 CAM_ID_PLACEHOLDER = ":cam_id"
+# Topic-safe and log-safe: a cam id becomes part of a Kafka topic name.
+CAM_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
-# librdkafka and MongoDB option names whose values must never be printed.
-_SECRET_MARKERS = ("password", "secret", "token", "key.pem", "credentials", "sasl.oauthbearer")
+# What names a secret, in any case: a librdkafka option, a MongoClient keyword or a MongoDB URI
+# query option whose name holds one of these is never shown (authMechanismProperties can carry
+# AWS_SESSION_TOKEN:...). The one list: comux.registry builds its URI pattern from it.
+SECRET_MARKERS = (
+    "password",
+    "secret",
+    "token",
+    "credential",
+    "key.pem",
+    "sasl.oauthbearer",
+    "authmechanismproperties",
+)
 
 
 def resolve_bootstrap_servers(servers: str | Iterable[str] | None) -> str:
@@ -80,8 +96,9 @@ class TopicSchema:
 
 
 def is_secret(name: str) -> bool:
+    """Whether the option ``name`` holds a secret (see ``SECRET_MARKERS``)."""
     lowered = name.lower()
-    return any(marker in lowered for marker in _SECRET_MARKERS)
+    return any(marker in lowered for marker in SECRET_MARKERS)
 
 
 def redact(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -30,18 +30,17 @@ from confluent_kafka import (
 )
 from confluent_kafka import KafkaError as RdKafkaError
 
+from . import kafka
 from .camera import AGAIN, IDLE, QUEUED, RUNNING, Camera
-from .config import TopicSchema, redact
+from .config import TopicSchema
 from .errors import BrokerUnavailableError
-from .logs import COUNT_REPEATS, kafka_error_cb
+from .logs import COUNT_REPEATS
 
 __all__ = [
     "ConsumerSettings",
     "CameraConsumer",
     "DecodePool",
     "DecodeWorker",
-    "check_broker",
-    "close_within",
 ]
 
 log = logging.getLogger("comux.consuming")
@@ -84,7 +83,7 @@ class ConsumerSettings:
         )
 
     def librdkafka_config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {
+        defaults: dict[str, Any] = {
             "group.id": self.group_id,
             # Offsets are committed explicitly, from the ledger of delivered results
             # (comux/offsets.py): neither auto-commit nor a stored offset can know when a
@@ -104,13 +103,12 @@ class ConsumerSettings:
             # wait that long for its cameras' consumer.
             "reconnect.backoff.max.ms": 1_000,
             "client.id": f"comux-{os.getpid()}",
-            "logger": logging.getLogger("comux.kafka"),
         }
         if self.instance_id is not None:
             # Static membership: a worker restarted under the same id takes its cameras back
             # at once instead of waiting for the dead member's session to time out.
-            config["group.instance.id"] = self.instance_id
-        config.update(self.options or {})
+            defaults["group.instance.id"] = self.instance_id
+        config = kafka.config(self.bootstrap_servers, self.options, defaults=defaults)
         if config.get("group.protocol") == "consumer":
             # The broker assigns and times sessions out under KIP-848.
             for key in (
@@ -119,48 +117,17 @@ class ConsumerSettings:
                 "heartbeat.interval.ms",
             ):
                 config.pop(key, None)
-        config["bootstrap.servers"] = self.bootstrap_servers
         return config
 
     def __repr__(self) -> str:
-        return (
-            f"ConsumerSettings(bootstrap_servers={self.bootstrap_servers!r}, start={self.start!r}, "
-            f"group_id={self.group_id!r}, max_offset_diff={self.max_offset_diff}, "
-            f"options={redact(self.options or {})})"
+        return kafka.describe(
+            "ConsumerSettings",
+            self.bootstrap_servers,
+            self.options,
+            start=self.start,
+            group_id=self.group_id,
+            max_offset_diff=self.max_offset_diff,
         )
-
-
-def check_broker(client: Any, servers: str, timeout: float) -> None:
-    """Raise BrokerUnavailableError naming ``servers`` unless a broker answers in time."""
-    try:
-        metadata = client.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        err = exc.args[0] if exc.args else None
-        code = err.code() if isinstance(err, RdKafkaError) else None
-        raise BrokerUnavailableError(
-            f"no Kafka broker answered at {servers} within {timeout:g} s ({err})", code
-        ) from None
-    if not metadata.brokers:
-        raise BrokerUnavailableError(f"no Kafka broker answered at {servers} within {timeout:g} s")
-
-
-def close_within(
-    consumer: Consumer, timeout: float, before: Callable[[], None] | None = None
-) -> None:
-    """Close a consumer (after ``before``), waiting at most ``timeout``: leaving the group and
-    committing wait on the broker."""
-
-    def close() -> None:
-        try:
-            if before is not None:
-                before()
-            consumer.close()
-        except (KafkaException, RuntimeError) as exc:
-            log.warning("closing a consumer: %s", exc)
-
-    closer = threading.Thread(target=close, name="comux-close", daemon=True)
-    closer.start()
-    closer.join(max(0.0, timeout))
 
 
 class DecodePool:
@@ -248,8 +215,8 @@ class CameraConsumer:
     ) -> None:
         self.settings = settings
         self.schema = schema
-        self._consumer = Consumer(
-            settings.librdkafka_config(), error_cb=self._error_cb, on_commit=self._on_commit
+        self._consumer = kafka.consumer(
+            settings.librdkafka_config(), errors=log, on_commit=self._on_commit
         )
         self._cameras: dict[str, Camera] = {}
         self._next_fetch: dict[tuple[str, int], int] = {}
@@ -279,7 +246,8 @@ class CameraConsumer:
     # -- setup -------------------------------------------------------------------------------
 
     def check(self) -> None:
-        check_broker(self._consumer, self.settings.bootstrap_servers, self.settings.connect_timeout)
+        settings = self.settings
+        kafka.probe(self._consumer, settings.bootstrap_servers, settings.connect_timeout)
         self.broker_seen_at = time.monotonic()
 
     def end_offset(self, topic: str, partition: int = 0) -> int | None:
@@ -305,11 +273,12 @@ class CameraConsumer:
         if topic is None:
             return
         try:
-            metadata = self._consumer.list_topics(topic, timeout=_PROBE_TIMEOUT_S)
-        except KafkaException:
+            kafka.probe(
+                self._consumer, self.settings.bootstrap_servers, _PROBE_TIMEOUT_S, topic=topic
+            )
+        except BrokerUnavailableError:
             return
-        if metadata.brokers:
-            self.broker_seen_at = time.monotonic()
+        self.broker_seen_at = time.monotonic()
 
     def add(self, camera: Camera) -> None:
         """Give ``camera`` to the decode threads and subscribe to its topic."""
@@ -564,7 +533,9 @@ class CameraConsumer:
             self._thread.join(max(0.0, deadline - time.monotonic()))
         self.decoders.stop(deadline)
         if not self._thread.is_alive():
-            close_within(self._consumer, deadline - time.monotonic(), before=self._final_commit)
+            kafka.close_within(
+                self._consumer, deadline - time.monotonic(), before=self._final_commit, log=log
+            )
 
     def _final_commit(self) -> None:
         self._commit(list(self._cameras.values()), asynchronous=False)
@@ -729,6 +700,3 @@ class CameraConsumer:
         if err.code() == RdKafkaError.UNKNOWN_TOPIC_OR_PART:
             self.unknown_topic_errors += 1
         log.warning("consumer: %s", err, extra=COUNT_REPEATS)
-
-    def _error_cb(self, err: RdKafkaError) -> None:
-        kafka_error_cb(log, err)

@@ -1,10 +1,12 @@
-"""The control topic: actions that change a running Comux, each answered on a reply topic.
+"""The control topic as a transport: messages in, actions dispatched, replies out.
 
-A message's key names the action, its value is a JSON object. Only registered acts run. A reply
-(action, request id, ok or error, result or error text) goes to ``<topic>.replies`` for every
-message meant for this instance, including refused ones. A request is all or nothing: an
-``update``, ``pause``, ``resume`` or ``create`` with any unknown id or bad setting is refused
-whole and changes nothing.
+A message's key names the action, its value is a JSON object. :class:`Control` reads the
+topic in its own thread, checks each message (target, size, signature, nonce, JSON) and hands
+``(action, value)`` to its ``dispatch``, usually a :class:`comux.acts.Acts` that knows what the
+actions do; this module knows nothing of cameras. A reply (action, request id, ok or error,
+result or error text) goes to ``<topic>.replies`` for every message meant for this instance,
+including refused ones. A dispatch that returns :class:`NoSuchAction` is answered with the
+error ``✘ No action '<name>' defined!``.
 
 Where an instance starts reading: the consumer group is per instance
 (``comux-control.<instance_id>``) and commits after each message, so a restarted controller
@@ -33,184 +35,63 @@ import hmac
 import json
 import logging
 import math
-import os
-import re
 import socket
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaError as RdKafkaError
+from confluent_kafka.admin import NewTopic
 
-from .batching import POLICIES
-from .config import redact, resolve_bootstrap_servers
-from .consuming import check_broker, close_within
-from .decoding import DecoderConfig
-from .errors import ConfigError
+from . import kafka
+from .config import CAM_ID_PATTERN as CAM_ID_PATTERN  # where comux.runconfig looks for it
+from .config import resolve_bootstrap_servers
+from .errors import ComuxTimeoutError, ConfigError, KafkaError
 from .logs import COUNT_REPEATS
-
-if TYPE_CHECKING:
-    from .app import Comux
 
 __all__ = [
     "Control",
-    "Act",
-    "BUILTIN_ACTS",
+    "Dispatch",
+    "NoSuchAction",
     "sign",
     "REQUEST_ID_HEADER",
     "TARGET_HEADER",
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
-    "CAM_ID_PATTERN",
-    "MAX_CAMERAS",
     "MAX_REPLY",
-    "camera_limit",
 ]
 
 log = logging.getLogger("comux.control")
-
-Act = Callable[["Comux", Any], Any]
 
 REQUEST_ID_HEADER = "comux-request-id"
 TARGET_HEADER = "comux-target"
 SIGNATURE_HEADER = "comux-signature"
 TIMESTAMP_HEADER = "comux-timestamp"
-# Topic-safe and log-safe: a cam id becomes part of a Kafka topic name.
-CAM_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_UPDATE_FIELDS = {"rate", "max_offset_diff", "policy"}
-MAX_CAMERAS = 1024  # the default max_cameras never goes above this, whatever the memory
 MAX_REPLY = 900_000  # bytes: under librdkafka's default message.max.bytes of 1,000,000
 _MAX_NONCES = 100_000  # signed requests remembered at once (about 20 MB)
 _REMEMBERED_REPLIES = 1024
 _REMEMBERED_BYTES = 64 * 1024  # a bigger reply is remembered as its size only
+_REPLY_WAIT_S = 1.0  # a full reply queue is waited on this long, then the reply is given up
 
 
-class ActionError(Exception):
-    """An act refused its payload; the text goes into the error reply."""
+@dataclass(frozen=True)
+class NoSuchAction:
+    """What a dispatch returns for an action it has no act for: answered as an error."""
+
+    action: str
+
+    def __str__(self) -> str:
+        return f"✘ No action '{self.action}' defined!"
 
 
-def _cam_ids(value: Any) -> list[str]:
-    if not isinstance(value, Mapping) or "cam_ids" not in value:
-        raise ActionError('expected {"cam_ids": [...]}')
-    ids = value["cam_ids"]
-    if not isinstance(ids, list) or not ids:
-        raise ActionError("cam_ids must be a non-empty list")
-    for cam_id in ids:
-        if not isinstance(cam_id, str) or not CAM_ID_PATTERN.fullmatch(cam_id):
-            raise ActionError(
-                f"invalid cam id {str(cam_id)[:40]!r}: use 1-128 letters, digits, '.', '_', '-'"
-            )
-    return list(dict.fromkeys(ids))
-
-
-def _names(ids: Iterable[str]) -> str:
-    ids = list(ids)
-    shown = ", ".join(repr(i) for i in ids[:10])
-    return shown + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
-
-
-def _require_known(comux: Comux, ids: list[str], *, connected: bool = False) -> None:
-    """Refuse the whole request when any id is unknown (or, for ``connected``, not running)."""
-    known = set(comux.cam_ids)
-    unknown = [cam_id for cam_id in ids if cam_id not in known]
-    if unknown:
-        raise ActionError(f"unknown cam ids: {_names(unknown)}; nothing was changed")
-    if connected:
-        running = set(comux.threads)
-        idle = [cam_id for cam_id in ids if cam_id not in running]
-        if idle:
-            raise ActionError(f"cameras not started: {_names(idle)}; nothing was changed")
-
-
-def _check_settings(settings: Mapping[str, Any]) -> None:
-    """Check every value of an ``update`` before any camera takes one."""
-    problems = []
-    if "rate" in settings:
-        rate = settings["rate"]
-        if rate is not None and (
-            isinstance(rate, bool)
-            or not isinstance(rate, int | float)
-            or not math.isfinite(rate)
-            or rate <= 0
-        ):
-            problems.append(f"rate must be a number > 0 or null, got {rate!r}")
-    if "max_offset_diff" in settings:
-        diff = settings["max_offset_diff"]
-        if diff is not None and (isinstance(diff, bool) or not isinstance(diff, int) or diff < 1):
-            problems.append(f"max_offset_diff must be an int >= 1 or null, got {diff!r}")
-    if "policy" in settings and settings["policy"] not in POLICIES:
-        problems.append(f"policy must be one of {list(POLICIES)}, got {settings['policy']!r}")
-    if problems:
-        raise ActionError("; ".join(problems) + "; nothing was changed")
-
-
-def _create(comux: Comux, value: Any) -> dict[str, Any]:
-    ids = _cam_ids(value)
-    return comux.add_cameras(ids)
-
-
-def _delete(comux: Comux, value: Any) -> dict[str, Any]:
-    ids = _cam_ids(value)
-    deleted, unknown = [], []
-    for cam_id in ids:
-        if cam_id in comux.cam_ids:
-            comux.kill(cam_id)
-            deleted.append(cam_id)
-        else:
-            unknown.append(cam_id)
-    return {"deleted": deleted, "unknown": unknown}
-
-
-def _update(comux: Comux, value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ActionError("expected a JSON object")
-    settings = {k: v for k, v in value.items() if k != "cam_ids" and k != "id"}
-    unknown = set(settings) - _UPDATE_FIELDS
-    if unknown or not settings:
-        raise ActionError(f"update takes {sorted(_UPDATE_FIELDS)}, got {sorted(settings)}")
-    _check_settings(settings)
-    with comux._lock:  # no camera comes or goes between the check and the last change
-        ids = _cam_ids(value) if "cam_ids" in value else list(comux.cam_ids)
-        _require_known(comux, ids, connected=True)
-        for cam_id in ids:
-            comux.update(cam_id, **settings)
-    return {"updated": ids, "settings": settings}
-
-
-def _list(comux: Comux, value: Any) -> dict[str, Any]:
-    return {"cam_ids": list(comux.cam_ids), "stats": comux.stats()}
-
-
-def _pause(comux: Comux, value: Any) -> dict[str, Any]:
-    ids = _cam_ids(value)
-    with comux._lock:
-        _require_known(comux, ids)
-        for cam_id in ids:
-            comux.pause(cam_id)
-    return {"paused": ids}
-
-
-def _resume(comux: Comux, value: Any) -> dict[str, Any]:
-    ids = _cam_ids(value)
-    with comux._lock:
-        _require_known(comux, ids)
-        for cam_id in ids:
-            comux.resume(cam_id)
-    return {"resumed": ids}
-
-
-BUILTIN_ACTS: dict[str, Act] = {
-    "create": _create,
-    "delete": _delete,
-    "update": _update,
-    "list": _list,
-    "pause": _pause,
-    "resume": _resume,
-}
+Dispatch = Callable[[str, Any], Any]
+"""``dispatch(action, value)``: the reply's result, :class:`NoSuchAction`, or an exception
+whose type and text become the error reply."""
 
 
 def _signed_bytes(
@@ -249,29 +130,17 @@ def sign(
     return headers
 
 
-def camera_limit(frame_shape: tuple[int, ...], buffers: int) -> int:
-    """How many cameras batches of ``frame_shape`` frames can hold on this machine.
-
-    Each camera takes a row of ``frame_shape`` bytes in each of ``buffers`` buffers, and the
-    pool doubles its rows as it grows, so count two rows per camera per buffer; the batches
-    may take a quarter of the physical memory, and never more than ``MAX_CAMERAS`` rows.
-    """
-    row = max(1, math.prod(frame_shape)) * max(2, buffers) * 2
-    try:
-        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, OSError, ValueError):  # not POSIX: assume 8 GiB
-        memory = 8 << 30
-    return max(1, min(MAX_CAMERAS, memory // 4 // row))
-
-
 class Control:
-    """Consume the control topic in a daemon thread and apply its actions to ``comux``.
+    """Consume the control topic in a daemon thread and hand each action to ``dispatch``.
+
+    The constructor only checks its arguments: :meth:`connect` creates the clients (and the
+    topics when missing), :meth:`start` connects if need be and starts the thread, :meth:`stop`
+    ends it. ``Comux.setup_controller`` does all of it.
 
     :param topic: the control topic.
+    :param dispatch: ``f(action, value)``, usually a :class:`comux.acts.Acts`: returns the
+        reply's result, or :class:`NoSuchAction`; an exception becomes an error reply.
     :param bootstrap_servers: the control broker (default ``$COMUX_BOOTSTRAP_SERVERS``).
-    :param acts: action name → ``f(comux, value)``; added to (and overriding) the built-in
-        ``create``, ``delete``, ``update``, ``list``, ``pause`` and ``resume``.
-    :param comux: the instance to control.
     :param reply_topic: where replies go (default ``<topic>.replies``).
     :param instance_id: this process's name for ``comux-target`` (default: the host name).
     :param groups: further names this instance answers to in ``comux-target``.
@@ -281,22 +150,27 @@ class Control:
         the last ``2 * max_skew`` seconds is answered as a duplicate and not applied again.
     :param max_skew: seconds a signed message's timestamp may differ from this clock.
     :param max_payload: largest accepted value in bytes.
-    :param max_cameras: ``create`` refuses (whole) to go past this many cameras. Default: what
-        the batches can hold in a quarter of this machine's memory (:func:`camera_limit`, at
-        most ``MAX_CAMERAS``), from the batch shape at the time of each ``create``.
     :param replay_window: seconds of the topic's history that an instance with no committed
         offset (its first start under ``instance_id``) reads, by message timestamp, so an
         action sent shortly before it came up is applied; 0 starts at the end of the topic.
     :param max_reply: replies over this many bytes are truncated, with a marker saying so.
+    :param connect_timeout: seconds to wait for the broker in :meth:`connect`.
+    :param consumer_options: librdkafka options of the control consumer, passed untouched.
+
+    Example::
+
+        control = Control("comux.control", Acts(comux), bootstrap_servers="127.0.0.1:9092")
+        control.start()
+        ...
+        control.stop()
     """
 
     def __init__(
         self,
         topic: str,
-        bootstrap_servers: str | Iterable[str] | None,
-        acts: Mapping[str, Act] | None,
-        comux: Comux,
+        dispatch: Dispatch,
         *,
+        bootstrap_servers: str | Iterable[str] | None = None,
         reply_topic: str | None = None,
         instance_id: str | None = None,
         groups: Iterable[str] = (),
@@ -304,7 +178,6 @@ class Control:
         secret: str | bytes | None = None,
         max_skew: float = 30.0,
         max_payload: int = 64 * 1024,
-        max_cameras: int | None = None,
         replay_window: float = 300.0,
         max_reply: int = MAX_REPLY,
         connect_timeout: float = 10.0,
@@ -312,28 +185,24 @@ class Control:
     ) -> None:
         if not isinstance(topic, str) or not topic:
             raise ConfigError(f"control topic must be a non-empty str, got {topic!r}")
-        for name, act in (acts or {}).items():
-            if not isinstance(name, str) or not callable(act):
-                raise ConfigError(f"acts must map names to callables; {name!r} does not")
-        self.topic = topic
-        self.reply_topic = reply_topic or f"{topic}.replies"
-        self.acts: dict[str, Act] = {**BUILTIN_ACTS, **(acts or {})}
-        self.comux = comux
-        self.instance_id = instance_id or socket.gethostname()
-        self.names = {self.instance_id, *groups}
-        self.filter = filter
-        if max_cameras is not None and (not isinstance(max_cameras, int) or max_cameras < 0):
-            raise ConfigError(f"max_cameras must be an int >= 0 or None, got {max_cameras!r}")
+        if not callable(dispatch):
+            raise ConfigError(f"dispatch must be callable, got {dispatch!r}")
         if not isinstance(replay_window, int | float) or not replay_window >= 0:
             raise ConfigError(f"replay_window must be >= 0 seconds, got {replay_window!r}")
         if not isinstance(max_reply, int) or max_reply < 1024:
             raise ConfigError(f"max_reply must be an int >= 1024 bytes, got {max_reply!r}")
         if not isinstance(max_skew, int | float) or not 0 < max_skew < math.inf:
             raise ConfigError(f"max_skew must be a finite number of seconds > 0, got {max_skew!r}")
+        self.topic = topic
+        self.reply_topic = reply_topic or f"{topic}.replies"
+        self.dispatch = dispatch
+        self.bootstrap_servers = resolve_bootstrap_servers(bootstrap_servers)
+        self.instance_id = instance_id or socket.gethostname()
+        self.names = {self.instance_id, *groups}
+        self.filter = filter
         self._secret = secret.encode() if isinstance(secret, str) else secret
         self.max_skew = max_skew
         self.max_payload = max_payload
-        self.max_cameras = max_cameras
         self.replay_window = replay_window
         self.max_reply = max_reply
         self.counters = {
@@ -349,49 +218,58 @@ class Control:
         self._nonces: OrderedDict[str, float] = OrderedDict()  # nonce -> forget after (monotonic)
         self._close_lock = threading.Lock()
         self._finished = False  # the thread has left its loop
-        self._abandoned = False  # kill() gave up waiting: the thread closes its consumer itself
+        self._abandoned = False  # stop() gave up waiting: the thread closes its consumer itself
         self._offset: int | None = None
         self._stop = threading.Event()
         self.ready = threading.Event()  # set once the control partition is assigned
         self._thread: threading.Thread | None = None
+        self._consumer: Any = None  # set by connect()
+        self._producer: Any = None
         self._consumer_options = consumer_options
         self._connect_timeout = connect_timeout
-        self.connect(bootstrap_servers)
-        self.sub()
-        self.run()
 
     def __repr__(self) -> str:
-        return (
-            f"Control(topic={self.topic!r}, instance_id={self.instance_id!r}, "
-            f"signed={self._secret is not None}, options={redact(self._consumer_options)})"
+        return kafka.describe(
+            "Control",
+            self.bootstrap_servers,
+            self._consumer_options,
+            topic=self.topic,
+            instance_id=self.instance_id,
+            signed=self._secret is not None,
         )
 
-    # -- the seed's steps --------------------------------------------------------------------
+    # -- connecting, starting, stopping ----------------------------------------------------
 
-    def connect(self, bootstrap_servers: str | Iterable[str] | None) -> None:
-        """Create the consumer and the reply producer; raise if no broker answers."""
-        servers = resolve_bootstrap_servers(bootstrap_servers)
-        config = {
+    def connect(self) -> None:
+        """Create the consumer and the reply producer, and subscribe; raise if no broker answers.
+
+        The control and reply topics are created when missing, so no early message is missed.
+        """
+        if self._consumer is not None:
+            return
+        servers = self.bootstrap_servers
+        defaults = {
             "group.id": f"comux-control.{self.instance_id}",
             "enable.auto.commit": False,
             "auto.offset.reset": "latest",
             "topic.metadata.refresh.interval.ms": 10_000,
-            "logger": logging.getLogger("comux.kafka"),
-            **self._consumer_options,
-            "bootstrap.servers": servers,
         }
-        self._consumer = Consumer(config)
-        check_broker(self._consumer, servers, self._connect_timeout)
-        self._producer = Producer(
-            {"bootstrap.servers": servers, "linger.ms": 0, "logger": config["logger"]}
+        consumer = kafka.consumer(
+            kafka.config(servers, self._consumer_options, defaults=defaults), errors=log
         )
-        self._ensure_topics(servers)
+        try:
+            kafka.probe(consumer, servers, self._connect_timeout)
+            producer = kafka.producer(kafka.config(servers, defaults={"linger.ms": 0}), errors=log)
+            self._ensure_topics(servers)
+            consumer.subscribe([self.topic], on_assign=self._on_assign)
+        except BaseException:
+            kafka.close_within(consumer, 1.0, log=log)
+            raise
+        self._consumer, self._producer = consumer, producer
 
     def _ensure_topics(self, servers: str) -> None:
-        """Create the control and reply topics when missing, so no early message is missed."""
-        log_kafka = logging.getLogger("comux.kafka")
-        conf: dict[str, Any] = {"bootstrap.servers": servers, "logger": log_kafka}
-        admin = AdminClient(conf)
+        """Create the control and reply topics when missing."""
+        admin = kafka.admin(kafka.config(servers))
         existing = admin.list_topics(timeout=self._connect_timeout).topics
         missing = [t for t in (self.topic, self.reply_topic) if t not in existing]
         if not missing:
@@ -401,11 +279,8 @@ class Control:
             try:
                 future.result(self._connect_timeout)
             except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                if exc.args[0].code() != RdKafkaError.TOPIC_ALREADY_EXISTS:
                     log.warning("could not create %s: %s", topic, exc)
-
-    def sub(self) -> None:
-        self._consumer.subscribe([self.topic], on_assign=self._on_assign)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Start at the committed offset, else ``replay_window`` back; then say we listen."""
@@ -439,18 +314,19 @@ class Control:
         _, high = self._consumer.get_watermark_offsets(tp, timeout=timeout)
         return int(high)
 
-    def run(self) -> None:
-        """Listen in a daemon thread."""
+    def start(self) -> None:
+        """Connect (when not yet) and listen in a daemon thread."""
+        self.connect()
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
             self._thread = threading.Thread(target=self._listen, name="comux-control", daemon=True)
             self._thread.start()
 
-    def kill(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         """Stop the control thread; consuming control messages stops with it.
 
         A thread still inside an action after ``timeout / 2`` finishes it, replies, and then
-        closes its consumer itself, so ``kill`` never waits on a long action.
+        closes its consumer itself, so ``stop`` never waits on a long action.
         """
         deadline = time.monotonic() + timeout
         self._stop.set()
@@ -459,9 +335,13 @@ class Control:
         with self._close_lock:
             finished = self._thread is None or self._finished
             self._abandoned = not finished
-        if finished:
-            close_within(self._consumer, (deadline - time.monotonic()) / 2)
-        self._producer.flush(max(0.0, deadline - time.monotonic()))
+        if finished and self._consumer is not None:
+            kafka.close_within(self._consumer, (deadline - time.monotonic()) / 2, log=log)
+        if self._producer is not None:
+            self._producer.flush(max(0.0, deadline - time.monotonic()))
+
+    kill = stop
+    """The original name of :meth:`stop` (``Comux.kill`` removes a camera instead)."""
 
     @property
     def offset(self) -> int | None:
@@ -471,6 +351,8 @@ class Control:
     @property
     def topic_last_offset(self) -> int | None:
         """Offset of the newest message in the control topic, or None when unknown."""
+        if self._consumer is None:
+            return None
         try:
             _, high = self._consumer.get_watermark_offsets(
                 TopicPartition(self.topic, 0), timeout=5.0
@@ -478,30 +360,6 @@ class Control:
         except KafkaException:
             return None
         return high - 1 if high > 0 else None
-
-    def camera_limit(self) -> int:
-        """``max_cameras``, or what the batches can hold on this machine (:func:`camera_limit`)."""
-        if self.max_cameras is not None:
-            return self.max_cameras
-        pool = self.comux._pool
-        if pool is not None:
-            return camera_limit(pool.frame_shape, getattr(pool, "_count", 3))
-        config = self.comux._decoder_config or DecoderConfig()  # what connect() would set up
-        return camera_limit(config.shape, 3)
-
-    def act(self, action: str, value: Any) -> Any:
-        """Run ``action`` with ``value``; an unknown action returns the seed's message."""
-        if action not in self.acts:
-            return f"✘ No action '{action}' defined!"
-        if action == "create":
-            limit = self.camera_limit()
-            wanted = set(_cam_ids(value)) | set(self.comux.cam_ids)
-            if len(wanted) > limit:
-                raise ActionError(
-                    f"max_cameras is {limit}: refusing to go to {len(wanted)} cameras "
-                    f"({len(self.comux.cam_ids)} now); nothing was created"
-                )
-        return self.acts[action](self.comux, value)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -512,8 +370,8 @@ class Control:
             with self._close_lock:
                 self._finished = True
                 abandoned = self._abandoned
-            if abandoned:  # kill() returned while an action ran: close what it could not
-                close_within(self._consumer, self._connect_timeout)
+            if abandoned:  # stop() returned while an action ran: close what it could not
+                kafka.close_within(self._consumer, self._connect_timeout, log=log)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -528,7 +386,7 @@ class Control:
                 continue
             err = msg.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
+                if err.code() != RdKafkaError._PARTITION_EOF:
                     log.warning("control consumer: %s", err, extra=COUNT_REPEATS)
                 continue
             try:
@@ -588,17 +446,19 @@ class Control:
             return
         if request_id is not None and request_id in self._replies:
             return self._duplicate(action, request_id)
+        reply: dict[str, Any]
         try:
-            result = self.act(action, payload)
-            if action in self.acts:
-                reply = {"status": "ok", "result": result}
-                self.counters["applied"] += 1
-            else:  # the seed's text for an unknown action
-                reply = {"status": "error", "error": result}
-                self.counters["errors"] += 1
+            result = self.dispatch(action, payload)
         except Exception as exc:
             self.counters["errors"] += 1
             reply = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+        else:
+            if isinstance(result, NoSuchAction):
+                self.counters["errors"] += 1
+                reply = {"status": "error", "error": str(result)}
+            else:
+                self.counters["applied"] += 1
+                reply = {"status": "ok", "result": result}
         size = self._reply(action, request_id, reply)
         if request_id is not None:
             if size > _REMEMBERED_BYTES:  # 1024 lists of 1,000 cameras would take a GB
@@ -734,27 +594,20 @@ class Control:
         headers: list[tuple[str, str | bytes | None]] = (
             [(REQUEST_ID_HEADER, request_id.encode()[:4096])] if request_id else []
         )
-        for attempt in range(2):
-            try:
-                self._producer.produce(
-                    self.reply_topic,
-                    data,
-                    action[:128].encode() or None,
-                    headers=headers,
-                    on_delivery=self._delivered,
-                )
-                self._producer.poll(0)
-                return len(data)
-            except BufferError:  # the producer's queue is full: let it drain once
-                if attempt == 0:
-                    self._producer.poll(1.0)
-                    continue
-                exc: Exception = BufferError("the reply producer's queue is full")
-            except KafkaException as error:
-                exc = error
+        try:
+            kafka.produce_waiting(
+                self._producer,
+                self.reply_topic,
+                data,
+                action[:128].encode() or None,
+                headers=headers,
+                on_delivery=self._delivered,
+                timeout=_REPLY_WAIT_S,
+            )
+            self._producer.poll(0)
+        except (ComuxTimeoutError, KafkaError) as exc:
             self.counters["reply_errors"] += 1
             log.error("control reply to %s failed: %s", self.reply_topic, exc)
-            break
         return len(data)
 
     def _delivered(self, err: Any, msg: Any) -> None:

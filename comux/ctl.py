@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -134,28 +133,28 @@ def request(
 
         replies = request("create", {"cam_ids": ["cam7"]}, topic="comux.control")
     """
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
+    from confluent_kafka import OFFSET_BEGINNING, KafkaException
     from confluent_kafka import TopicPartition as TP
 
-    from .consuming import check_broker
+    from . import kafka
     from .control import REQUEST_ID_HEADER, TARGET_HEADER, sign
 
     servers = resolve_bootstrap_servers(bootstrap_servers)
     reply_topic = reply_topic or f"{topic}.replies"
     request_id = request_id or uuid.uuid4().hex
-    kafka_log = logging.getLogger("comux.kafka")
-    consumer = Consumer(
-        {
-            "bootstrap.servers": servers,
-            "group.id": f"comux-ctl-{request_id}",  # never joined: partitions are assigned
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "logger": kafka_log,
-        }
+    consumer = kafka.consumer(
+        kafka.config(
+            servers,
+            defaults={
+                "group.id": f"comux-ctl-{request_id}",  # never joined: partitions are assigned
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+            },
+        )
     )
     producer = None
     try:
-        check_broker(consumer, servers, connect_timeout)
+        kafka.probe(consumer, servers, connect_timeout)
         # Listen before sending: the reply may come at once.
         meta = consumer.list_topics(reply_topic, timeout=connect_timeout).topics.get(reply_topic)
         if meta is not None and meta.error is None and meta.partitions:
@@ -176,14 +175,16 @@ def request(
             headers = [(REQUEST_ID_HEADER, request_id.encode())]
             if target is not None:
                 headers.append((TARGET_HEADER, target.encode()))
-        producer = Producer({"bootstrap.servers": servers, "linger.ms": 0, "logger": kafka_log})
+        producer = kafka.producer(kafka.config(servers, defaults={"linger.ms": 0}))
         failures: list[Any] = []
-        producer.produce(
+        kafka.produce_waiting(
+            producer,
             topic,
             body,
             action.encode(),
             headers=headers,
             on_delivery=lambda err, _msg: failures.append(err) if err is not None else None,
+            timeout=connect_timeout,
         )
         if producer.flush(connect_timeout) > 0 or failures:
             reason = failures[0] if failures else f"not delivered within {connect_timeout:g} s"

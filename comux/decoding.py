@@ -16,7 +16,8 @@ from typing import Any, Literal, Protocol, cast
 import av
 from av.video.reformatter import VideoReformatter
 
-from .annexb import is_disposable, is_keyframe
+from .annexb import CODECS as CODECS  # the codec names de_codec takes
+from .annexb import is_disposable, is_keyframe, normalize_codec
 from .errors import ConfigError
 
 __all__ = ["DecoderConfig", "CameraStats", "CameraDecoder", "PacketCache", "Message", "PixFmt"]
@@ -25,7 +26,6 @@ log = logging.getLogger("comux.decoding")
 
 PixFmt = Literal["rgb24", "bgr24", "yuv420p", "gray"]
 PIX_FMTS: tuple[str, ...] = ("rgb24", "bgr24", "yuv420p", "gray")
-CODECS = {"h264": "h264", "avc": "h264", "hevc": "hevc", "h265": "hevc"}
 
 
 class Message(Protocol):
@@ -57,14 +57,23 @@ class DecoderConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0 or value % 2:
                 raise ConfigError(f"{name} must be a positive even int, got {value!r}")
-        if self.codec.lower() not in CODECS:
-            raise ConfigError(f"de_codec must be one of {sorted(CODECS)}, got {self.codec!r}")
+        try:
+            normalize_codec(self.codec)
+        except (ConfigError, AttributeError):
+            raise ConfigError(
+                f"de_codec must be one of {sorted(CODECS)}, got {self.codec!r}"
+            ) from None
         if self.pix_fmt not in PIX_FMTS:
             raise ConfigError(f"pix_fmt must be one of {PIX_FMTS}, got {self.pix_fmt!r}")
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """Shape of one output frame."""
+        """Shape of one output frame.
+
+        The compiled kernels check their output against ``comux._ext.convert.out_shape``, the
+        same rule: they cannot import this module, and the reference backend cannot import
+        them (tests/unit/test_decoding.py holds the two together).
+        """
         if self.pix_fmt in ("rgb24", "bgr24"):
             return (self.height, self.width, 3)
         if self.pix_fmt == "gray":
@@ -150,7 +159,7 @@ class CameraDecoder:
         self.config = config
         self.stats = CameraStats()
         self._deliver = deliver
-        self._codec_name = CODECS[config.codec.lower()]
+        self._codec_name = normalize_codec(config.codec)
         self._ctx = self._open()
         # Offsets of the packets in the decoder whose frames have not come out, oldest first.
         self._inside: OrderedDict[int, None] = OrderedDict()

@@ -7,9 +7,9 @@
 - librdkafka logs through ``comux.kafka`` (the clients pass ``"logger"``); confluent-kafka maps
   its syslog levels to Python's (0-2 CRITICAL, 3 ERROR, 4 WARNING, 5-6 INFO, 7 DEBUG).
 - A broker that is down makes librdkafka repeat the same error many times a second: warnings
-  and errors of ``comux.kafka`` and ``comux.publish`` (librdkafka's own lines), and records
-  marked with :data:`COUNT_REPEATS` elsewhere, are said once, then counted and summed up at most
-  every :data:`REPEAT_WINDOW_S` seconds (:class:`RepeatFilter`).
+  and errors of ``comux.kafka`` (librdkafka's own lines), and records marked with
+  :data:`COUNT_REPEATS` elsewhere, are said once, then counted and summed up at most every
+  :data:`REPEAT_WINDOW_S` seconds (:class:`RepeatFilter`).
 - FFmpeg's log is off unless comux logs at DEBUG: PyAV's log callback takes a lock that
   serialises every decoder thread.
 """
@@ -49,8 +49,8 @@ DEFAULT_BACKUPS = 5
 REPEAT_WINDOW_S = 10.0
 # ``log.warning(..., extra=COUNT_REPEATS)``: a line that repeats while a broker is down.
 COUNT_REPEATS: dict[str, Any] = {"comux_repeats": True}
-_LIBRDKAFKA_LOGGERS = ("comux.kafka", "comux.publish")  # every record is librdkafka's
-_MARKED_LOGGERS = ("comux.consuming", "comux.producing", "comux.control")
+_LIBRDKAFKA_LOGGERS = ("comux.kafka",)  # every record is librdkafka's
+_MARKED_LOGGERS = ("comux.consuming", "comux.results", "comux.control")
 _OURS = "_comux_handler"  # set on the handlers configure_logging added
 
 

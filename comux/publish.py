@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 import time
@@ -14,8 +13,9 @@ from confluent_kafka import KafkaException, Producer
 from rich.console import Console
 from rich.text import Text
 
+from . import kafka
 from .config import TopicSchema, resolve_bootstrap_servers
-from .errors import BrokerUnavailableError, ConfigError, KafkaError
+from .errors import ConfigError, KafkaError
 from .media import EncodedPacket
 
 __all__ = [
@@ -36,9 +36,6 @@ DEFAULT_PRODUCER_OPTIONS: dict[str, Any] = {
     "reconnect.backoff.max.ms": 1_000,  # back within a second of a broker's restart
     "client.id": "comux-publish",
 }
-# librdkafka logs through this logger (served by poll) instead of raw stderr lines that
-# would break the progress bar; "logger" in producer_options overrides it.
-_LOG = logging.getLogger(__name__)
 UNKNOWN_PTS_FPS = 25  # pacing of packets without pts (raw Annex-B files)
 CONNECT_TIMEOUT_S = 10.0
 _PROGRESS_INTERVAL_S = 0.25
@@ -130,29 +127,19 @@ def publish(
     options = dict(producer_options or {})
     if bootstrap_servers is None and "bootstrap.servers" in options:
         bootstrap_servers = options["bootstrap.servers"]
-    config = {
-        **DEFAULT_PRODUCER_OPTIONS,
-        "logger": _LOG,
-        "bootstrap.servers": resolve_bootstrap_servers(bootstrap_servers),
-        **options,
-    }
+    # librdkafka logs through comux.kafka (served by poll), not in raw stderr lines that would
+    # break the progress bar; "logger" in producer_options overrides it.
+    servers = resolve_bootstrap_servers(bootstrap_servers)
+    config = kafka.config(servers, options, defaults=DEFAULT_PRODUCER_OPTIONS)
     topic = TopicSchema(topic_template).topic(cam_id)
     key = cam_id.encode()
     sleep = _sleep or (stop.wait if stop is not None else time.sleep)
 
     try:
-        producer = _producer_factory(config)
+        producer = kafka.producer(config, factory=_producer_factory)
     except KafkaException as exc:
         raise ConfigError(f"invalid producer options: {exc.args[0]}") from exc
-    try:
-        producer.list_topics(timeout=_connect_timeout)
-    except KafkaException as exc:
-        err = exc.args[0]
-        raise BrokerUnavailableError(
-            f"no Kafka broker answered at {config['bootstrap.servers']} "
-            f"within {_connect_timeout:g} s: {err}",
-            _code(err),
-        ) from exc
+    kafka.probe(producer, servers, _connect_timeout)
 
     failures: list[Any] = []
 
@@ -196,8 +183,18 @@ def publish(
                             due = float((packet.pts - origin) * packet.time_base)
                         if not wait_until(loop_start + due):
                             break
-                    if not _produce(producer, topic, key, packet, on_delivery, stopped):
+                    if not kafka.produce_waiting(
+                        producer,
+                        topic,
+                        packet.data,
+                        key,
+                        headers=packet.headers(),
+                        on_delivery=on_delivery,
+                        stopped=stopped,
+                        wait=_MAX_SLEEP_S,
+                    ):
                         break
+                    producer.poll(0)
                     sent += 1
                     nbytes += len(packet.data)
                     bar.update(sent, nbytes)
@@ -215,42 +212,10 @@ def publish(
     if failures:
         err = failures[0]
         raise KafkaError(
-            f"{len(failures)} message(s) to {topic} were not delivered: {err}", _code(err)
+            f"{len(failures)} message(s) to {topic} were not delivered: {err}",
+            kafka.error_code(err),
         )
     return PublishStats(sent, nbytes, _clock() - start, topic)
-
-
-def _produce(
-    producer: Any,
-    topic: str,
-    key: bytes,
-    packet: EncodedPacket,
-    on_delivery: Callable[[Any, Any], None],
-    stopped: Callable[[], bool],
-) -> bool:
-    """Produce one message, waiting out a full local queue; False when stopped meanwhile."""
-    headers = packet.headers()
-    while True:
-        try:
-            producer.produce(
-                topic, value=packet.data, key=key, headers=headers, on_delivery=on_delivery
-            )
-        except BufferError:  # local queue full: serve delivery reports, then retry
-            producer.poll(_MAX_SLEEP_S)
-            if stopped():
-                return False
-            continue
-        except KafkaException as exc:
-            err = exc.args[0]
-            raise KafkaError(f"cannot produce to {topic}: {err}", _code(err)) from exc
-        producer.poll(0)
-        return True
-
-
-def _code(err: Any) -> int | None:
-    """librdkafka's error code of a confluent_kafka.KafkaError, if it is one."""
-    code = getattr(err, "code", None)
-    return code() if callable(code) else None
 
 
 def publish_forever(

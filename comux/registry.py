@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
-from .config import is_secret
+from .config import SECRET_MARKERS, is_secret
 from .errors import ComuxError, ConfigError, RegistryError
 
 __all__ = [
@@ -45,11 +45,11 @@ REDACTED = "***"
 
 # -- redaction ----------------------------------------------------------------------------------
 
-# Query options whose value is secret: anything named like a password, secret or token, and
-# authMechanismProperties (it can carry AWS_SESSION_TOKEN:...).
+# Query options whose value is secret: a name holding one of comux.config's SECRET_MARKERS.
 _SECRET_QUERY = re.compile(
-    r"(?P<key>[?&;](?:[^=&;#]*(?:password|secret|token|credential)[^=&;#]*|authMechanismProperties)=)"
-    r"[^&;#]*",
+    r"(?P<key>[?&;][^=&;#]*(?:"
+    + "|".join(re.escape(marker) for marker in SECRET_MARKERS)
+    + r")[^=&;#]*=)[^&;#]*",
     re.IGNORECASE,
 )
 
@@ -118,11 +118,6 @@ def uri_hosts(uri: str) -> str:
             host += ":27017"
         out.append(host)
     return ",".join(out) or "?"
-
-
-def _secret_option(name: str) -> bool:
-    """A MongoClient keyword whose value is never shown."""
-    return is_secret(name) or name.lower() == "authmechanismproperties"
 
 
 # -- pymongo errors, described without their text -----------------------------------------------
@@ -214,7 +209,7 @@ class MongoConnect:
         return redact_uri(self._uri)
 
     def __repr__(self) -> str:
-        shown = {k: (REDACTED if _secret_option(k) else v) for k, v in self._client_options.items()}
+        shown = {k: (REDACTED if is_secret(k) else v) for k, v in self._client_options.items()}
         options = f", client_options={shown!r}" if shown else ""
         return (
             f"MongoConnect({self.uri!r}, database={self.database!r}, "
@@ -281,7 +276,7 @@ class MongoConnect:
             found.append(value)
             found += re.split(r"[,:]", value)  # authMechanismProperties=KEY:VALUE,...
         for key, value in self._client_options.items():
-            if _secret_option(key) and value is not None:
+            if is_secret(key) and value is not None:
                 found.append(str(value))
                 if isinstance(value, Mapping):
                     found += [str(v) for v in value.values() if v is not None]

@@ -49,6 +49,7 @@ __all__ = [
     "ControlSettings",
     "DecoderSettings",
     "LogSettings",
+    "MetricsSettings",
     "Model",
     "ModelSettings",
     "MongoSettings",
@@ -239,6 +240,19 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """``[metrics]``: serve ``/metrics``, ``/healthz`` and ``/readyz`` while running.
+
+    ``port`` None: not served (unless ``--metrics-port`` asks); 0: a free port, logged.
+    """
+
+    port: int | None = None
+    host: str = "127.0.0.1"
+    broker_timeout: float = 15.0
+    batch_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole ``comux run`` configuration, validated."""
 
@@ -251,6 +265,7 @@ class RunConfig:
     model: ModelSettings
     control: ControlSettings | None = None
     log: LogSettings = field(default_factory=LogSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     def secrets(self) -> list[str]:
         """Every secret value of this configuration, to be scrubbed from any text shown."""
@@ -467,6 +482,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         control = _control(control_table, consumer, _env(CONTROL_SECRET_ENV))
     model = _model(root.table("model", required=True), folder)
     log = _log(root.table("log") or _Table(shown, "log", {}), folder)
+    metrics = _metrics(root.table("metrics") or _Table(shown, "metrics", {}))
     root.finish()
     if producer.transactional_id is not None and consumer.start != "committed":
         raise ConfigFileError(
@@ -484,6 +500,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         model=model,
         control=control,
         log=log,
+        metrics=metrics,
     )
 
 
@@ -705,6 +722,22 @@ def _log(table: _Table, folder: Path) -> LogSettings:
         level=level.upper(),
         file=None if file is None else str(folder / file),
         format=table.string("format", None, choices=LOG_FORMATS),
+    )
+    table.finish()
+    return settings
+
+
+def _metrics(table: _Table) -> MetricsSettings:
+    port = table.raw("port", None)
+    if port is not None and (
+        isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535
+    ):
+        raise table.bad("port", "an integer from 0 (a free port) to 65535", port)
+    settings = MetricsSettings(
+        port=port,
+        host=table.string("host", "127.0.0.1"),
+        broker_timeout=table.number("broker_timeout", 15.0),
+        batch_timeout=table.number("batch_timeout", 30.0),
     )
     table.finish()
     return settings

@@ -40,7 +40,8 @@ from .errors import (
     UnknownIndexError,
 )
 from .logs import configure_logging
-from .producing import encode_headers
+from .metrics import MetricsServer, serve_metrics
+from .results import encode_headers
 from .runconfig import (
     ConfigFileError,
     Model,
@@ -74,6 +75,7 @@ EXIT_MODEL = 4
 
 _POLL_S = 0.25  # get_batch's wait: how soon the model loop notices a stop
 _STATS_EVERY_S = 60.0
+_LIVE_EVERY_S = 1.0  # seconds between redraws of --live
 
 
 class ModelResultError(ConfigError):
@@ -259,16 +261,24 @@ class Runner:
         pid_file: str | os.PathLike[str] | None = None,
         log_level: str = "INFO",
         log_file: str | None = None,
+        metrics_port: int | None = None,
+        live: bool = False,
     ) -> None:
         if not grace > 0:
             raise ConfigError(f"grace must be > 0 seconds, got {grace!r}")
+        if metrics_port is not None and not 0 <= metrics_port <= 65535:
+            raise ConfigError(f"the metrics port must be from 0 to 65535, got {metrics_port!r}")
         self.config = config
         self.model = model
         self.grace = grace
         self.pid_file = None if pid_file is None else Path(pid_file)
         self.log_level = log_level
         self.log_file = log_file
+        # The command line's port wins over the file's [metrics] port; None: not served.
+        self.metrics_port = metrics_port if metrics_port is not None else config.metrics.port
+        self.live = live
         self.comux: Comux | None = None
+        self.metrics: MetricsServer | None = None
         self.stopping = False  # read by the model thread between batches
         self.failure: str | None = None  # why the model thread gave up
         self.batches = 0
@@ -395,6 +405,21 @@ class Runner:
             self.send_errors += 1
             log.error("result for %s@%d not sent: %s", cam_id, index, exc)
 
+    def _serve_metrics(self, comux: Comux, port: int) -> MetricsServer:
+        """Serve /metrics, /healthz and /readyz; the URL is logged and printed on stdout."""
+        settings = self.config.metrics
+        server = serve_metrics(
+            comux,
+            port,
+            settings.host,
+            broker_timeout=settings.broker_timeout,
+            batch_timeout=settings.batch_timeout,
+        )
+        url = f"{server.url}/metrics"  # the server logs it too
+        # One line a supervisor (or a test) can read the port from; port 0 picked it.
+        print(f"comux: metrics on {url}", flush=True)
+        return server
+
     def _log_progress(self, what: str) -> None:
         log.info(
             "%s: %d batches, %d results sent, %d not sent",
@@ -433,6 +458,18 @@ class Runner:
             _say(f"{config.path}: {config.scrub(str(exc))}")
             return EXIT_CONFIG
         comux = self.comux
+        if self.metrics_port is not None:
+            try:
+                self.metrics = self._serve_metrics(comux, self.metrics_port)
+            except OSError as exc:
+                text = (
+                    f"metrics: cannot serve on {config.metrics.host}:{self.metrics_port}: "
+                    f"{exc.strerror or exc}"
+                )
+                log.error("%s", text)
+                _say(text)
+                comux.close(timeout=2.0)
+                return EXIT_CONFIG
         if config.cameras.mongo is not None and config.cameras.mongo.sync_interval is not None:
             comux.sync(config.cameras.mongo.sync_interval)  # close() stops it
         thread = threading.Thread(target=self._model_loop, name="comux-model", daemon=True)
@@ -441,8 +478,15 @@ class Runner:
         else:
             self._loop_done.set()
         # Wait for a signal or the model thread's end; a signal interrupts the wait.
-        while not self.stopping and not self._loop_done.is_set():
-            self._loop_done.wait(_POLL_S)
+        live = _LiveView.open(comux, self.metrics, config) if self.live else None
+        try:
+            while not self.stopping and not self._loop_done.is_set():
+                self._loop_done.wait(_POLL_S)
+                if live is not None:
+                    live.tick()
+        finally:
+            if live is not None:
+                live.close()
         self.stopping = True
         started = self._stop_at if self._stop_at is not None else time.monotonic()
         deadline = started + self.grace
@@ -462,6 +506,9 @@ class Runner:
         stuck = thread.is_alive()
         if stuck:
             log.error("the model did not finish its batch in time: it is abandoned")
+        if self.metrics is not None:
+            self.metrics.close()  # within its poll interval (0.5 s), before the clients close
+            self.metrics = None
         undelivered = comux.close(timeout=max(0.1, deadline - time.monotonic() - 0.25))
         if undelivered:
             log.error("%d results were not delivered: their offsets stay uncommitted", undelivered)
@@ -474,6 +521,107 @@ class Runner:
 
 def _say(text: str) -> None:
     print(f"comux: {text}", file=sys.stderr)
+
+
+class _LiveView:
+    """``comux run --live``: the ``comux top`` table, redrawn in place from this process.
+
+    The numbers are the ones ``/metrics`` serves, collected in-process (no HTTP): from the
+    metrics server's registry when there is one, else from a registry of its own. The
+    ``comux`` log handlers that write to the terminal's stderr print above the table while it
+    is shown.
+    """
+
+    def __init__(self, comux: Comux, server: MetricsServer | None, config: RunConfig) -> None:
+        from prometheus_client import CollectorRegistry
+        from rich.console import Console
+        from rich.live import Live
+
+        from .metrics import BatchMetrics, ComuxCollector
+
+        self._stop_observing: Any = None
+        if server is not None:
+            self.registry = server.registry
+            self.source = f"{server.url}/metrics"
+        else:
+            self.registry = CollectorRegistry()
+            batches = BatchMetrics(self.registry)
+            settings = config.metrics
+            self.registry.register(
+                ComuxCollector(
+                    comux,
+                    batches,
+                    broker_timeout=settings.broker_timeout,
+                    batch_timeout=settings.batch_timeout,
+                )
+            )
+            self._stop_observing = comux.observe_batches(batches)
+            self.source = f"pid {os.getpid()}"
+        from .top import render
+
+        self._render = render
+        self.before: Any = None
+        self.now: Any = None
+        self.next_at = 0.0
+        self.live = Live(
+            render(None, source=self.source),
+            console=Console(),
+            auto_refresh=False,
+            redirect_stdout=True,
+            redirect_stderr=True,
+        )
+        stderr = sys.stderr
+        self.live.start(refresh=True)  # sys.stderr is now rich's proxy (on a terminal)
+        # Log lines to the terminal go through that proxy, above the table.
+        self._streams: list[tuple[logging.StreamHandler[Any], Any]] = []
+        if sys.stderr is not stderr:
+            for logger in (logging.getLogger("comux"), logging.getLogger()):
+                for handler in logger.handlers:
+                    if type(handler) is logging.StreamHandler and handler.stream is stderr:
+                        self._streams.append((handler, handler.setStream(sys.stderr)))
+
+    @classmethod
+    def open(
+        cls, comux: Comux, server: MetricsServer | None, config: RunConfig
+    ) -> _LiveView | None:
+        """The live view, or None (said once) when stdout is not a terminal."""
+        if not sys.stdout.isatty():
+            log.warning("--live: stdout is not a terminal, so no live view")
+            return None
+        try:
+            return cls(comux, server, config)
+        except Exception:  # the view must never stop the run
+            log.exception("--live: the live view could not start")
+            return None
+
+    def tick(self) -> None:
+        """Redraw when the last redraw is ``_LIVE_EVERY_S`` old."""
+        at = time.monotonic()
+        if at < self.next_at:
+            return
+        self.next_at = at + _LIVE_EVERY_S
+        from prometheus_client import generate_latest
+
+        from .top import parse
+
+        error = ""
+        try:
+            snap = parse(generate_latest(self.registry).decode("utf-8"), at=at)
+            self.before, self.now = self.now, snap
+        except Exception as exc:  # the view must never stop the run
+            error = f"stats failed: {type(exc).__name__}: {exc}"
+        self.live.update(
+            self._render(self.now, self.before, source=self.source, error=error), refresh=True
+        )
+
+    def close(self) -> None:
+        for handler, stream in self._streams:
+            handler.setStream(stream)
+        self._streams.clear()
+        self.live.stop()
+        if self._stop_observing is not None:
+            self._stop_observing()
+            self._stop_observing = None
 
 
 # -- entry points -------------------------------------------------------------------------------
@@ -507,6 +655,8 @@ def run(
     log_level: str | None = None,
     log_file: str | None = None,
     log_format: str | None = None,
+    metrics_port: int | None = None,
+    live: bool = False,
 ) -> int:
     """``comux run``: load the configuration and run until SIGTERM or SIGINT; the exit code.
 
@@ -515,6 +665,11 @@ def run(
     :param log_level: level of the ``comux`` logger (default: the file's ``log.level``).
     :param log_file: also log to this file (default: the file's ``log.file``).
     :param log_format: ``"text"`` or ``"json"`` (default: the file's ``log.format``).
+    :param metrics_port: serve ``/metrics``, ``/healthz`` and ``/readyz`` on this port (0: a
+        free one; the URL is logged and printed on stdout) on the file's ``metrics.host``
+        (default: the file's ``metrics.port``; None there too: not served).
+    :param live: show the ``comux top`` table in place while running (only when stdout is a
+        terminal).
     """
     try:
         config = load_config(config_path)
@@ -523,7 +678,14 @@ def run(
         configure_logging(level, file, **_log_format_kwargs(log_format or config.log.format))
         model = load_model(config)
         runner = Runner(
-            config, model, grace=grace, pid_file=pid_file, log_level=level, log_file=file
+            config,
+            model,
+            grace=grace,
+            pid_file=pid_file,
+            log_level=level,
+            log_file=file,
+            metrics_port=metrics_port,
+            live=live,
         )
         log.info("comux run %s (pid %d)", config.path, os.getpid())
         log.debug("configuration: %r", config)

@@ -1,8 +1,8 @@
 # cython: language_level=3
-"""C declarations of the frame-writing kernels (convert.h).
+"""C declarations of the frame-writing kernels (convert.h), for convert.pyx alone.
 
-Other Cython modules ``cimport`` this to write a decoded frame into a batch slot from their own
-``nogil`` code; the sizes must have been validated first (``convert.write_planes`` shows how).
+Cython reads this file as the declarations of the module of the same name; nothing else
+cimports it. The kernels trust their sizes: ``convert.write_planes`` validates them first.
 """
 
 from libc.stddef cimport ptrdiff_t
@@ -10,11 +10,6 @@ from libc.stdint cimport int16_t, int32_t, uint8_t
 
 
 cdef extern from "convert.h" nogil:
-    const int COMUX_CVT_ISA_BASE
-    const int COMUX_CVT_ISA_SSE41
-    const int COMUX_CVT_ISA_AVX2
-    const int COMUX_CVT_ISA_VBMI
-
     ctypedef struct comux_p420_coeffs:
         int16_t y_coeff
         int16_t y_offset

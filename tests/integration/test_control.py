@@ -415,7 +415,7 @@ def test_a_create_over_max_cameras_is_refused_and_creates_nothing(control_rig):
     reply = remote.call("create", {"cam_ids": [f"c{i}" for i in range(2000)]})
     assert reply["status"] == "error" and "max_cameras" in reply["error"], reply
     assert comux.cam_ids == []
-    limit = comux.control.camera_limit()
+    limit = comux.control.dispatch.camera_limit()
     assert 1 <= limit <= 1024
     reply = remote.call("create", {"cam_ids": [f"c{i}" for i in range(limit + 1)]})
     assert reply["status"] == "error" and f"max_cameras is {limit}" in reply["error"], reply

@@ -14,8 +14,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from comux import Comux
 from comux.media import synthetic_packets
-from comux.producing import SOURCE_HEADERS
 from comux.publish import publish
+from comux.results import SOURCE_HEADERS
 from tests.fleet_helpers import unique, wait_until
 
 CLIP = list(synthetic_packets(160, 120, 60, fps=25, gop=10, bframes=2))

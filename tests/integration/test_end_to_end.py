@@ -1,4 +1,4 @@
-"""The seed's whole flow on the real broker: publish, consume, decode, batch, send, read back."""
+"""The whole flow on the real broker: publish, consume, decode, batch, send, read back."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from confluent_kafka import Consumer
 
 from comux import Comux
 from comux.media import EncodedPacket, synthetic_packets
-from comux.producing import SOURCE_HEADERS
 from comux.publish import publish
+from comux.results import SOURCE_HEADERS
 from tests.groups import own_group
 
 

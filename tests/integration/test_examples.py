@@ -1,4 +1,4 @@
-"""The seed's usage block runs nearly verbatim (examples/seed_usage.py) against the real broker."""
+"""The first-generation usage block (examples/usage.py) runs as written against the real broker."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_seed_usage_block_runs(kafka_broker, tmp_path):
+def test_usage_block_runs(kafka_broker, tmp_path):
     result = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "examples" / "seed_usage.py"),
+            str(ROOT / "examples" / "usage.py"),
             "--bootstrap-servers",
             kafka_broker.bootstrap,
             "--batches",

@@ -4,8 +4,8 @@
 - a fifo backlog is handed out whole: every offset once, in order, in bounded memory;
 - adding, removing and closing do not wait for a model blocked in get_batch;
 - a damaged GOP yields no valid frame, the intact ones arrive untouched;
-- the seed's own usage block with ``end=False`` delivers the backlog (and its rate cap
-  counts capture time).
+- the usage block as first written (positional arguments, both overwrite spellings) with
+  ``end=False`` delivers the backlog (and its rate cap counts capture time).
 
 Short by default (each test well under 30 s on 2 cores); ``COMUX_LONG=1`` runs bigger clips and
 longer measurement windows. Every test prints what it measured (``pytest -s`` shows it).
@@ -451,13 +451,13 @@ def test_damaged_gops_yield_no_valid_frame(kafka_broker):
     assert not repeats, f"offsets handed out twice: {repeats}"
 
 
-# -- 5. the seed's usage block -------------------------------------------------------------------
+# -- 5. the usage block as first written ----------------------------------------------------------
 
 
-def _seed_run(bootstrap: str, rate: float | None, frames: int) -> tuple[list, dict, dict, float]:
-    """Publish a clip per camera, then run the seed's usage block as it is written."""
+def _usage_run(bootstrap: str, rate: float | None, frames: int) -> tuple[list, dict, dict, float]:
+    """Publish a clip per camera, then run the usage block of examples/usage.py, end=False."""
     clip = list(synthetic_packets(320, 240, frames, fps=FPS, gop=FPS, bframes=0))
-    cam_ids = [unique("seed") for _ in range(3)]
+    cam_ids = [unique("usage") for _ in range(3)]
     for cam in cam_ids:
         publish(lambda: iter(clip), cam, bootstrap_servers=bootstrap, rate="max")
     consume_schema, produce_schema = "raw.:cam_id", "out.:cam_id"
@@ -512,11 +512,11 @@ def _seed_run(bootstrap: str, rate: float | None, frames: int) -> tuple[list, di
     return cam_ids, seen, stats, time.monotonic() - t0
 
 
-def test_seed_usage_block_with_end_false_delivers_backlog(kafka_broker):
+def test_usage_block_with_end_false_delivers_backlog(kafka_broker):
     frames = 132
-    cam_ids, seen, stats, elapsed = _seed_run(kafka_broker.bootstrap, None, frames)
+    cam_ids, seen, stats, elapsed = _usage_run(kafka_broker.bootstrap, None, frames)
     print(
-        f"\nseed usage, rate=None, end=False, max_offset_diff=20: valid frames per camera "
+        f"\nusage block, rate=None, end=False, max_offset_diff=20: valid frames per camera "
         f"{[len(seen[c]) for c in cam_ids]} of {frames} in {elapsed:.1f} s; "
         + "; ".join(
             f"lag_unread={stats[c]['lag_unread']}, lag_dropped={stats[c]['lag_dropped']}, "
@@ -530,13 +530,13 @@ def test_seed_usage_block_with_end_false_delivers_backlog(kafka_broker):
         assert len(seen[cam]) == frames, f"{cam}: offsets handed out twice"
 
 
-def test_seed_usage_block_rate_10_caps_by_capture_time(kafka_broker):
+def test_usage_block_rate_10_caps_by_capture_time(kafka_broker):
     frames, rate = 132, 10
     capture = frames / FPS  # seconds of video in the clip
     low, high = (rate - 1) * capture, (rate + 1) * capture
-    cam_ids, seen, stats, elapsed = _seed_run(kafka_broker.bootstrap, rate, frames)
+    cam_ids, seen, stats, elapsed = _usage_run(kafka_broker.bootstrap, rate, frames)
     print(
-        f"\nseed usage, rate={rate}, end=False: valid frames per camera "
+        f"\nusage block, rate={rate}, end=False: valid frames per camera "
         f"{[len(seen[c]) for c in cam_ids]} (want {low:.1f}..{high:.1f} for {capture:.2f} s of "
         f"capture) in {elapsed:.1f} s; rate_limited {[stats[c]['rate_limited'] for c in cam_ids]}; "
         f"lag_unread {[stats[c]['lag_unread'] for c in cam_ids]}; "

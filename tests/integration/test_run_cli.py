@@ -7,6 +7,7 @@ from outside: the output topic, the group's committed offset, the log and pid fi
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,8 +21,9 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from comux.media import synthetic_packets
-from comux.producing import SOURCE_HEADERS
 from comux.publish import publish, publish_forever
+from comux.results import SOURCE_HEADERS
+from comux.top import fetch, parse
 from tests.fleet_helpers import poll_until, unique, wait_until
 
 FRAMES, GOP = 40, 10
@@ -296,8 +298,9 @@ def test_the_example_config_runs_live_and_stops_on_sigint(kafka_broker, tmp_path
     cam = unique("example")
     root = Path(__file__).resolve().parents[2] / "examples"
     text = (root / "config.toml").read_text()
-    text = text.replace("127.0.0.1:9092", bootstrap).replace('["cam1"]', f'["{cam}"]')
+    text = text.replace("127.0.0.1:9092", bootstrap).replace('["cam1", "cam2"]', f'["{cam}"]')
     text = text.replace('"comux-example"', f'"{unique("comux-example")}"')
+    text = text.replace('"comux.example.control"', f'"{unique("example-control")}"')
     config = tmp_path / "config.toml"
     config.write_text(text)
     (tmp_path / "model.py").write_text((root / "model.py").read_text())
@@ -318,3 +321,106 @@ def test_the_example_config_runs_live_and_stops_on_sigint(kafka_broker, tmp_path
             thread.join(10)
         reader.close()
     assert "stopping (SIGINT received)" in run.log()
+
+
+def example_config(folder: Path, bootstrap: str, cams: list[str], control_topic: str) -> Path:
+    """examples/config.toml (and model.py) in ``folder``, on the session broker, its own names."""
+    root = Path(__file__).resolve().parents[2] / "examples"
+    text = (root / "config.toml").read_text()
+    for old, new in (
+        ("127.0.0.1:9092", bootstrap),
+        ('["cam1", "cam2"]', "[" + ", ".join(f'"{c}"' for c in cams) + "]"),
+        ('"comux-example"', f'"{unique("comux-walk")}"'),
+        ('"comux.example.control"', f'"{control_topic}"'),
+        ('instance_id = "example"', f'instance_id = "{unique("walk")}"'),
+    ):
+        assert old in text, f"examples/config.toml no longer holds {old!r}"
+        text = text.replace(old, new)
+    config = folder / "config.toml"
+    config.write_text(text)
+    (folder / "model.py").write_text((root / "model.py").read_text())
+    return config
+
+
+def publisher(bootstrap: str, cam: str) -> subprocess.Popen[bytes]:
+    """``comux publish --synthetic ... --loop 0`` in the background: a live camera."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "comux", "publish", "--synthetic", "160x120"]
+        + ["--frames", "50", "--gop", "25", "--bframes", "0", "--loop", "0"]
+        + ["--no-progress", "--cam-id", cam, "--bootstrap-servers", bootstrap],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def comux_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "comux", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},  # rich: no camera id folded over two lines
+    )
+
+
+def test_the_walkthrough_metrics_ctl_top_and_sigterm(kafka_broker, tmp_path, runs):
+    """README's walkthrough with real processes: publish two cameras, `comux run` the example
+    with --metrics-port 0, scrape it, add a camera with `comux ctl`, see it in `comux top`,
+    and stop on SIGTERM."""
+    bootstrap = kafka_broker.bootstrap
+    cams, new = [unique("walk"), unique("walk")], unique("walk-new")
+    control = unique("walk-control")
+    config = example_config(tmp_path, bootstrap, cams, control)
+    publishers = [publisher(bootstrap, cam) for cam in cams]
+    try:
+        run = runs(tmp_path, config, "--metrics-port", "0", "--grace", "10")
+        stdout = tmp_path / "stdout.txt"
+
+        def url() -> str | None:
+            found = re.search(r"^comux: metrics on (http://\S+/metrics)$", stdout.read_text(), re.M)
+            assert run.proc.poll() is None, run.describe()
+            return found.group(1) if found else None
+
+        metrics = wait_until(url, 30, run.describe)
+
+        def delivered(cam_ids: list[str]) -> bool:
+            snap = parse(fetch(metrics))
+            return all(
+                snap.cameras.get(c, {}).get("comux_frames_delivered_total", 0) > 0 for c in cam_ids
+            )
+
+        wait_until(lambda: delivered(cams), 30, lambda: f"no frames of {cams}; {run.describe()}")
+
+        done = comux_cli(
+            "ctl", "create", "--cam-ids", new, "--topic", control, "--wait", "30",
+            "--bootstrap-servers", bootstrap,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "ok" in done.stdout and new in done.stdout
+        wait_until(lambda: new in parse(fetch(metrics)).cameras, 10, "no series of the new camera")
+        publishers.append(publisher(bootstrap, new))
+        wait_until(lambda: delivered([new]), 30, lambda: f"no frames of {new}; {run.describe()}")
+
+        top = comux_cli("top", "--metrics", metrics, "--once")
+        assert top.returncode == 0, top.stdout + top.stderr
+        for cam in (*cams, new):
+            assert cam in top.stdout, top.stdout
+
+        signalled = time.monotonic()
+        run.proc.send_signal(signal.SIGTERM)
+        assert run.proc.wait(15) == 0, run.describe()
+        assert time.monotonic() - signalled < 10, "not stopped within the grace period"
+        assert not run.pid_file.exists()
+    finally:
+        for proc in publishers:
+            proc.terminate()
+        for proc in publishers:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+    log = run.log()
+    assert f"comux run {config} (pid {run.proc.pid})" in log
+    assert "metrics on http://127.0.0.1:" in log
+    assert "stopping (SIGTERM received)" in log and "stopped: " in log

@@ -1,8 +1,10 @@
-"""The control plane without a broker: nonces, reply sizes, the camera limit, big creates."""
+"""The control plane without a broker: ``Control._handle`` fed fake messages, replies caught by a
+fake producer; nonces, reply sizes, unknown actions, the acts' limits, big creates."""
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +15,8 @@ from confluent_kafka import KafkaException
 
 from comux import Comux
 from comux import control as control_module
-from comux.control import MAX_CAMERAS, MAX_REPLY, REQUEST_ID_HEADER, Control, camera_limit, sign
+from comux.acts import MAX_CAMERAS, Acts, camera_limit
+from comux.control import MAX_REPLY, REQUEST_ID_HEADER, Control, NoSuchAction, sign
 from tests.fakes import FakeMessage
 
 SECRET = "unit-secret"
@@ -44,15 +47,14 @@ class FakeProducer:
 
 
 @pytest.fixture
-def make_control(monkeypatch) -> Iterator[Callable[..., Control]]:
-    """``make_control(**options)``: a Control whose broker is a FakeProducer, fed by hand."""
-    monkeypatch.setattr(Control, "connect", lambda self, servers: None)
-    monkeypatch.setattr(Control, "sub", lambda self: None)
-    monkeypatch.setattr(Control, "run", lambda self: None)
+def make_control() -> Iterator[Callable[..., Control]]:
+    """``make_control(comux, acts, **options)``: a Control that never connects, replying into a
+    FakeProducer; its ``_handle`` is fed by hand. ``max_cameras`` goes to its Acts."""
 
     def make(comux: Comux | None = None, acts: dict | None = None, **options: Any) -> Control:
-        control = Control("ctl", "127.0.0.1:1", acts, comux or Comux([]), **options)
-        control._producer = FakeProducer()  # type: ignore[assignment]
+        dispatch = Acts(comux or Comux([]), acts, max_cameras=options.pop("max_cameras", None))
+        control = Control("ctl", dispatch, bootstrap_servers="127.0.0.1:1", **options)
+        control._producer = FakeProducer()
         return control
 
     yield make
@@ -187,7 +189,7 @@ def test_a_reply_that_cannot_be_produced_is_logged_and_counted(make_control, cap
 
 def test_camera_limit_follows_the_batch_shape_and_memory():
     assert camera_limit((120, 160, 3), 3) == MAX_CAMERAS
-    memory = control_module.os.sysconf("SC_PHYS_PAGES") * control_module.os.sysconf("SC_PAGE_SIZE")
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     frame = (4320, 7680, 3)  # 8K: 100 MB a row
     assert camera_limit(frame, 3) == max(1, memory // 4 // (7680 * 4320 * 3 * 3 * 2))
 
@@ -196,8 +198,9 @@ def test_the_default_limit_uses_the_comux_batches(make_control):
     comux = Comux([])
     comux.setup_decoders(rate=None, W=1920, H=1080, buffers=4)
     control = make_control(comux)
-    assert control.camera_limit() == camera_limit((1080, 1920, 3), 4)
-    assert make_control(max_cameras=5).camera_limit() == 5
+    assert control.dispatch.camera_limit() == camera_limit((1080, 1920, 3), 4)
+    assert make_control(max_cameras=5).dispatch.camera_limit() == 5
+    assert Acts(Comux([])).camera_limit() == camera_limit((1080, 1920, 3), 3)  # the defaults
 
 
 def test_a_create_over_the_limit_creates_nothing(make_control):
@@ -248,7 +251,7 @@ class FakeConsumer:
         self.closed.set()
 
 
-def test_kill_does_not_wait_on_a_long_action_and_the_thread_closes_its_consumer(make_control):
+def test_stop_does_not_wait_on_a_long_action_and_the_thread_closes_its_consumer(make_control):
     started = threading.Event()
 
     def slow(comux: Comux, value: Any) -> str:
@@ -258,13 +261,142 @@ def test_kill_does_not_wait_on_a_long_action_and_the_thread_closes_its_consumer(
 
     control = make_control(acts={"slow": slow})
     consumer = FakeConsumer([message("slow", b"{}", [(REQUEST_ID_HEADER, b"s1")])])
-    control._consumer = consumer  # type: ignore[assignment]
+    control._consumer = consumer
     control._thread = threading.Thread(target=control._listen, daemon=True)
     control._thread.start()
     assert started.wait(5)
     asked = time.monotonic()
-    control.kill(timeout=1.0)
+    control.stop(timeout=1.0)
     assert time.monotonic() - asked < 1.2 and not consumer.closed.is_set()
     assert consumer.closed.wait(5), "the thread never closed its consumer"
     assert consumer.committed == [0]  # the action it was in was finished and answered
     assert control._producer.replies()[-1]["result"] == "done"
+
+
+# -- the transport and the acts apart ------------------------------------------------------
+
+
+class FakeCameras:
+    """The acts' view of a Comux (comux.acts.Cameras) with no pipeline: records each change."""
+
+    def __init__(self, cam_ids: list[str], running: list[str] | None = None) -> None:
+        self.cam_ids = list(cam_ids)
+        self.threads = dict.fromkeys(cam_ids if running is None else running)
+        self._lock = threading.RLock()
+        self.calls: list[tuple] = []
+
+    def batch_layout(self) -> tuple[tuple[int, ...], int]:
+        return (360, 640, 3), 3
+
+    def add_cameras(self, cam_ids: list[str]) -> dict[str, list[str]]:
+        new = [c for c in cam_ids if c not in self.cam_ids]
+        self.cam_ids += new
+        self.calls.append(("add", new))
+        return {"created": new, "existing": [c for c in cam_ids if c not in new]}
+
+    def kill(self, cam_id: str) -> None:
+        self.calls.append(("kill", cam_id))
+        self.cam_ids.remove(cam_id)
+
+    def update(self, cam_id: str, **settings: Any) -> None:
+        self.calls.append(("update", cam_id, settings))
+
+    def pause(self, cam_id: str) -> None:
+        self.calls.append(("pause", cam_id))
+
+    def resume(self, cam_id: str) -> None:
+        self.calls.append(("resume", cam_id))
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return {c: {"frames": 0} for c in self.cam_ids}
+
+
+def handle(control: Control, action: str, value: Any, request_id: str | None = None) -> dict:
+    headers = [(REQUEST_ID_HEADER, request_id.encode())] if request_id else []
+    control._handle(message(action, json.dumps(value).encode(), headers))
+    return control._producer.replies()[-1]
+
+
+def fake_control(cameras: FakeCameras, **options: Any) -> Control:
+    dispatch = Acts(cameras, max_cameras=options.pop("max_cameras", None))
+    control = Control("ctl", dispatch, bootstrap_servers="127.0.0.1:1", **options)
+    control._producer = FakeProducer()
+    return control
+
+
+def test_the_constructor_neither_connects_nor_starts_a_thread():
+    before = threading.active_count()
+    control = Control("ctl", Acts(FakeCameras([])), bootstrap_servers="127.0.0.1:1")
+    assert control._consumer is None and control._producer is None and control._thread is None
+    assert threading.active_count() == before and not control.ready.is_set()
+    assert control.topic_last_offset is None
+    control.stop(timeout=0.1)  # nothing to stop: returns at once
+    assert Control.kill is Control.stop  # the original name stays
+
+
+def test_an_unknown_action_is_an_explicit_outcome_answered_with_its_text():
+    cameras = FakeCameras(["a"])
+    assert Acts(cameras)("nope", {}) == NoSuchAction("nope")
+    control = fake_control(cameras)
+    reply = handle(control, "nope", {}, "u1")
+    assert reply == {
+        "action": "nope",
+        "id": "u1",
+        "instance": control.instance_id,
+        "status": "error",
+        "error": "✘ No action 'nope' defined!",
+    }
+    assert control.counters["errors"] == 1 and control.counters["applied"] == 0
+    assert cameras.calls == []
+
+
+def test_any_callable_dispatches():
+    control = Control("ctl", lambda action, value: {action: value}, bootstrap_servers="x:1")
+    control._producer = FakeProducer()
+    assert handle(control, "echo", {"n": 1})["result"] == {"echo": {"n": 1}}
+    with pytest.raises(Exception, match="dispatch must be callable"):
+        Control("ctl", "not callable", bootstrap_servers="x:1")  # type: ignore[arg-type]
+
+
+def test_update_pause_and_resume_are_all_or_nothing():
+    cameras = FakeCameras(["a", "b", "idle"], running=["a", "b"])
+    control = fake_control(cameras)
+    refused = [
+        handle(control, "update", {"cam_ids": ["a", "ghost"], "rate": 5}),
+        handle(control, "update", {"cam_ids": ["a", "idle"], "rate": 5}),
+        handle(control, "update", {"cam_ids": ["a"], "rate": -1, "policy": "newest"}),
+        handle(control, "update", {"cam_ids": ["a"], "colour": "red"}),
+        handle(control, "pause", {"cam_ids": ["a", "ghost"]}),
+        handle(control, "resume", {"cam_ids": ["b", "ghost"]}),
+        handle(control, "pause", {"cam_ids": ["bad id!"]}),
+    ]
+    assert all(r["status"] == "error" for r in refused), refused
+    assert "nothing was changed" in refused[0]["error"] and "'ghost'" in refused[0]["error"]
+    assert "not started" in refused[1]["error"]
+    assert "rate" in refused[2]["error"] and "policy" in refused[2]["error"]
+    assert refused[6]["error"].startswith("ActionError: invalid cam id")
+    everyone = handle(control, "update", {"rate": 5})  # no cam_ids: all, and "idle" is not started
+    assert everyone["status"] == "error" and "'idle'" in everyone["error"]
+    assert cameras.calls == []
+    ok = handle(control, "update", {"cam_ids": ["a", "b"], "max_offset_diff": 5})
+    assert ok["result"] == {"updated": ["a", "b"], "settings": {"max_offset_diff": 5}}
+    assert cameras.calls == [("update", c, {"max_offset_diff": 5}) for c in ("a", "b")]
+
+
+def test_delete_list_and_a_create_past_the_limit_of_a_callers_create():
+    cameras = FakeCameras(["a", "b"])
+    created: list = []
+    acts = Acts(cameras, {"create": lambda comux, value: created.append(value)}, max_cameras=3)
+    control = Control("ctl", acts, bootstrap_servers="127.0.0.1:1")
+    control._producer = FakeProducer()
+    assert "max_cameras is 3" in handle(control, "create", {"cam_ids": ["c", "d"]})["error"]
+    assert created == []  # the limit holds for an act that replaced the built-in create
+    assert handle(control, "create", {"cam_ids": ["c"]})["status"] == "ok" and len(created) == 1
+    assert handle(control, "delete", {"cam_ids": ["a", "zz"]})["result"] == {
+        "deleted": ["a"],
+        "unknown": ["zz"],
+    }
+    assert handle(control, "list", {})["result"] == {
+        "cam_ids": ["b"],
+        "stats": {"b": {"frames": 0}},
+    }

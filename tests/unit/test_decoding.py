@@ -167,3 +167,18 @@ def test_frames_carry_the_pts_of_their_own_packet(small_video):
     for msg in messages(small_video):
         dec.decode(msg)
     assert seen and all(pts == small_video[index].pts for index, pts in seen)
+
+
+def test_de_codec_takes_every_spelling_the_bitstream_helpers_take():
+    from comux.annexb import CODECS, normalize_codec
+
+    for name in [*CODECS, "AVC1", "H.264", "h-265"]:
+        assert DecoderConfig(codec=name).codec == name
+        assert normalize_codec(name) in ("h264", "hevc")
+
+
+@pytest.mark.parametrize("pix_fmt", ["rgb24", "bgr24", "gray", "yuv420p"])
+def test_the_frame_shape_is_the_one_the_compiled_kernels_check(pix_fmt):
+    convert = pytest.importorskip("comux._ext.convert")
+    config = DecoderConfig(width=640, height=360, pix_fmt=pix_fmt)
+    assert config.shape == convert.out_shape(640, 360, pix_fmt)

@@ -12,8 +12,8 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from comux import Comux
 from comux.media import synthetic_packets
-from comux.producing import SOURCE_HEADERS
 from comux.publish import publish
+from comux.results import SOURCE_HEADERS
 from tests.fleet_helpers import wait_until
 from tests.mock_cluster import API_OFFSET_COMMIT, API_PRODUCE, MockCluster
 

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from fractions import Fraction
+from types import SimpleNamespace
 from typing import Any
 
 import confluent_kafka as ck
@@ -85,8 +86,9 @@ class FakeProducer:
         self.pending: list[Any] = []
         self.calls: list[str] = []
 
-    def list_topics(self, timeout: float | None = None) -> None:
+    def list_topics(self, timeout: float | None = None) -> Any:
         self.calls.append("list_topics")
+        return SimpleNamespace(brokers={1: "fake:9092"})
 
     def produce(self, topic: str, **kw: Any) -> None:
         self.calls.append("produce")

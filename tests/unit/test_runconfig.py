@@ -13,13 +13,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from comux.errors import ConfigError
 from comux.runconfig import (
     ConfigFileError,
     check_kafka_options,
     load_config,
     load_model,
 )
-from comux.runner import ModelResultError, check, slot_headers, stop
+from comux.runner import EXIT_CONFIG, ModelResultError, Runner, check, slot_headers, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,6 +103,7 @@ def test_minimal_config_takes_the_library_defaults(tmp_path):
     assert config.control is None
     assert config.model.path == (str(tmp_path.resolve()),)  # the config's folder
     assert config.log.level == "INFO"
+    assert config.metrics.port is None and config.metrics.host == "127.0.0.1"  # not served
 
 
 def test_false_turns_rate_and_max_offset_diff_off(tmp_path):
@@ -123,6 +125,56 @@ def test_false_turns_rate_and_max_offset_diff_off(tmp_path):
 def test_the_example_config_checks(capsys):
     assert check(ROOT / "examples" / "config.toml") == 0
     assert "OK" in capsys.readouterr().out
+    # What the README's walkthrough relies on: two cameras and a control topic for `comux ctl`.
+    config = load_config(ROOT / "examples" / "config.toml", env={})
+    assert config.cameras.ids == ("cam1", "cam2")
+    assert config.control is not None and config.control.topic == "comux.example.control"
+    assert config.metrics.host == "127.0.0.1"
+
+
+def test_metrics_table(tmp_path):
+    text = '[metrics]\nport = 0\nhost = "0.0.0.0"\nbroker_timeout = 5\nbatch_timeout = 60\n'
+    config = load_config(config_with(tmp_path, text), env={})
+    assert config.metrics.port == 0 and config.metrics.host == "0.0.0.0"
+    assert (config.metrics.broker_timeout, config.metrics.batch_timeout) == (5, 60)
+
+
+@pytest.mark.parametrize("port", ["-1", "65536", '"9400"', "true", "1.5"])
+def test_a_bad_metrics_port_names_the_key(tmp_path, port):
+    message = error_of(config_with(tmp_path, f"[metrics]\nport = {port}\n"))
+    assert "cfg.toml: metrics.port: must be an integer from 0" in message, message
+
+
+def test_an_unknown_metrics_key_is_an_error(tmp_path):
+    message = error_of(config_with(tmp_path, "[metrics]\nprot = 9400\n"))
+    assert "cfg.toml: metrics.prot: unknown key (did you mean 'port'?)" in message, message
+
+
+def test_the_command_lines_metrics_port_wins_over_the_files(tmp_path):
+    config = load_config(config_with(tmp_path, "[metrics]\nport = 9400\n"), env={})
+    model = load_model(config)
+    assert Runner(config, model).metrics_port == 9400
+    assert Runner(config, model, metrics_port=0).metrics_port == 0
+    with pytest.raises(ConfigError, match="from 0 to 65535"):
+        Runner(config, model, metrics_port=70000)
+
+
+def test_a_metrics_port_in_use_exits_1_and_closes_the_comux(tmp_path, monkeypatch, capsys):
+    import socket
+
+    import comux.runner as runner
+
+    closed: list[float] = []
+    fake = SimpleNamespace(close=lambda timeout=None: closed.append(timeout))
+    monkeypatch.setattr(runner, "build", lambda config, **kwargs: fake)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = load_config(config_with(tmp_path, ""), env={})
+        code = Runner(config, load_model(config), metrics_port=port).execute()
+    assert code == EXIT_CONFIG and closed
+    assert f"metrics: cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

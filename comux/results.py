@@ -18,17 +18,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError as RdKafkaError
-from confluent_kafka import KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 
-from .config import redact
-from .consuming import check_broker
+from . import kafka
 from .decoding import Message
-from .errors import ComuxTimeoutError, ConfigError, KafkaError
-from .logs import kafka_error_cb
+from .errors import ConfigError, KafkaError
 
 __all__ = ["ResultProducer", "encode_headers", "SOURCE_HEADERS", "RESERVED_PREFIX"]
 
-log = logging.getLogger("comux.producing")
+log = logging.getLogger("comux.results")
 
 RESERVED_PREFIX = "comux-"
 SOURCE_HEADERS = ("comux-source-topic", "comux-source-partition", "comux-source-offset")
@@ -117,25 +115,23 @@ class ResultProducer:
         connect_timeout: float = 10.0,
         transactional_id: str | None = None,
     ) -> None:
-        config: dict[str, Any] = {
+        defaults = {
             "linger.ms": 5,
             "message.max.bytes": 16_000_000,
             "enable.idempotence": True,
             "acks": "all",
             "reconnect.backoff.max.ms": 1_000,  # see consuming.ConsumerSettings
             "client.id": "comux-producer",
-            "logger": logging.getLogger("comux.kafka"),
         }
-        config.update(options or {})
+        config = kafka.config(bootstrap_servers, options, defaults=defaults)
         if transactional_id is not None:
             config["transactional.id"] = transactional_id
-        config["bootstrap.servers"] = bootstrap_servers
         self.bootstrap_servers = bootstrap_servers
         self.transactional = transactional_id is not None
         self._options = dict(options or {})
-        self._producer = Producer(config, error_cb=self._error_cb)
+        self._producer = kafka.producer(config, errors=log)
         if strict_on_fail:
-            check_broker(self._producer, bootstrap_servers, connect_timeout)
+            kafka.probe(self._producer, bootstrap_servers, connect_timeout)
         self.sent = 0
         self.delivered = 0
         self.failed = 0
@@ -155,18 +151,17 @@ class ResultProducer:
         self._thread.start()
 
     def __repr__(self) -> str:
-        return (
-            f"ResultProducer(bootstrap_servers={self.bootstrap_servers!r}, "
-            f"transactional={self.transactional}, options={redact(self._options)})"
+        return kafka.describe(
+            "ResultProducer",
+            self.bootstrap_servers,
+            self._options,
+            transactional=self.transactional,
         )
 
     @property
     def queued(self) -> int:
         """Results produced and not yet delivered (or failed): librdkafka's queue."""
         return len(self._producer)
-
-    def _error_cb(self, err: RdKafkaError) -> None:
-        kafka_error_cb(log, err)
 
     def _poll(self) -> None:
         while not self._stop.is_set():
@@ -218,29 +213,17 @@ class ResultProducer:
             (SOURCE_HEADERS[2], str(source.offset()).encode()),
         ]
         out += encode_headers(headers)
-        deadline = time.monotonic() + timeout
         with self._txn_lock:  # a result goes into the transaction open now, never between two
             self._begin()
-            while True:
-                try:
-                    self._producer.produce(
-                        topic,
-                        source.value(),
-                        key,
-                        headers=out,
-                        on_delivery=lambda err, _msg: self._report(err, on_delivery),
-                    )
-                    break
-                except BufferError:
-                    # The local queue is full: wait for deliveries, never drop the result.
-                    if time.monotonic() >= deadline:
-                        raise ComuxTimeoutError(
-                            f"producer queue stayed full for {timeout:g} s sending to {topic!r}"
-                        ) from None
-                    self._producer.poll(0.05)
-                except KafkaException as exc:
-                    err = exc.args[0]
-                    raise KafkaError(f"produce to {topic!r} failed: {err}", err.code()) from None
+            kafka.produce_waiting(
+                self._producer,
+                topic,
+                source.value(),
+                key,
+                headers=out,
+                on_delivery=lambda err, _msg: self._report(err, on_delivery),
+                timeout=timeout,
+            )
             self.sent += 1
 
     def _begin(self) -> None:

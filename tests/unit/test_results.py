@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from comux.errors import ConfigError
-from comux.producing import ResultProducer, encode_headers
+from comux.results import ResultProducer, encode_headers
 from tests.fakes import FakeMessage
 
 

@@ -1,9 +1,10 @@
-"""The original usage block, nearly verbatim, against a broker with published cameras.
+"""The first-generation usage block, nearly verbatim, against a broker with published cameras.
 
     comux kafka up
-    python examples/seed_usage.py --bootstrap-servers 127.0.0.1:9092 --batches 20
+    python examples/usage.py --bootstrap-servers 127.0.0.1:9092 --batches 20
 
-It publishes two synthetic cameras in the background, then runs the seed's loop.
+It publishes two synthetic cameras in the background, then sets comux up with positional
+arguments, both spellings of overwrite and a control topic, and runs the model loop.
 """
 
 import argparse
@@ -28,7 +29,7 @@ def prepare(results):
 args = argparse.ArgumentParser()
 args.add_argument("--bootstrap-servers", default=os.environ.get("COMUX_BOOTSTRAP_SERVERS"))
 args.add_argument("--batches", type=int, default=20)
-args.add_argument("--prefix", default="seed")
+args.add_argument("--prefix", default="usage")
 opts = args.parse_args()
 
 cam_ids = [f"{opts.prefix}-cam-1", f"{opts.prefix}-cam-2"]
