@@ -79,7 +79,7 @@ class Comux:
         produce_schema: str = "out.:cam_id",
         log_level: str | int = "ERROR",
         *,
-        log_file: str | os.PathLike | None = None,
+        log_file: str | os.PathLike[str] | None = None,
         log_format: Literal["text", "json"] | None = None,
         decode_threads: int | None = None,
     ) -> None:
@@ -577,9 +577,9 @@ class Comux:
             if camera is None:
                 raise StateError(f"camera {cam_id!r} is not connected: call start() first")
             if rate is not ...:
-                camera.decoder.set_rate(rate)  # type: ignore[arg-type]
+                camera.decoder.set_rate(rate)
             if max_offset_diff is not ...:
-                camera.decoder.max_offset_diff = max_offset_diff  # type: ignore[assignment]
+                camera.decoder.max_offset_diff = max_offset_diff
             if policy is not ...:
                 camera.set_policy(policy)  # type: ignore[arg-type]
 

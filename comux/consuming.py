@@ -153,9 +153,10 @@ class DecodePool:
                 camera.turn = AGAIN
 
     def _take(self) -> Camera | None:
-        camera = self._queue.get()
-        if camera is _STOP:
+        item = self._queue.get()
+        if item is _STOP:
             return None
+        camera: Camera = item
         with self._lock:
             camera.turn = RUNNING
         return camera

@@ -46,7 +46,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import KafkaError as RdKafkaError
-from confluent_kafka.admin import NewTopic
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from . import kafka
 from .config import CAM_ID_PATTERN as CAM_ID_PATTERN  # where comux.runconfig looks for it

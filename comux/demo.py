@@ -53,7 +53,7 @@ def run_demo(
     cameras: int = 4,
     size: tuple[int, int] = (640, 360),
     seconds: float = 20.0,
-    directory: str | os.PathLike | None = None,
+    directory: str | os.PathLike[str] | None = None,
     port: int | None = None,
     bootstrap_servers: str | Iterable[str] | None = None,
 ) -> int:

@@ -228,7 +228,7 @@ def _formatter(fmt: LogFormat) -> logging.Formatter:
 
 def configure_logging(
     level: str | int = "ERROR",
-    file: str | os.PathLike | None = None,
+    file: str | os.PathLike[str] | None = None,
     *,
     fmt: LogFormat | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,

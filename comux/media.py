@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import av
 import av.bitstream
@@ -176,7 +177,7 @@ def _encode(
     ctx.open()
     params = b""
 
-    def wrap(packet: av.Packet) -> EncodedPacket:
+    def wrap(packet: av.Packet[Any]) -> EncodedPacket:
         nonlocal params
         data = bytes(packet)
         key = is_keyframe(data, "h264")
@@ -255,7 +256,7 @@ def _file_packets(
     width, height = stream.codec_context.width, stream.codec_context.height
     params = parameter_sets(extradata, codec) if not length_prefixed else b""
 
-    def wrap(packet: av.Packet) -> EncodedPacket:
+    def wrap(packet: av.Packet[Any]) -> EncodedPacket:
         nonlocal params
         data = bytes(packet)
         key = is_keyframe(data, codec)

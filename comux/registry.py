@@ -314,7 +314,8 @@ class MongoConnect:
         client = self._client
         if client is None:  # closed by another thread meanwhile
             raise RegistryError(f"{self._where()} was closed")
-        return client[self.database][self.collection]
+        collection: _Collection = client[self.database][self.collection]
+        return collection
 
     # -- reading -------------------------------------------------------------------------------
 

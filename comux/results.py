@@ -264,7 +264,7 @@ class ResultProducer:
 
     def flush(self, timeout: float = 10.0) -> int:
         """Wait for outstanding deliveries; return how many are still undelivered."""
-        return self._producer.flush(timeout)
+        return int(self._producer.flush(timeout))
 
     def abort(self, timeout: float = 10.0) -> None:
         """Abort the open transaction: its results are never seen by read_committed readers."""
