@@ -16,6 +16,7 @@ Starting at the first frame keeps the consumer group join, topic metadata and th
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import threading
@@ -131,7 +132,7 @@ class Received:
                 "missing": len(expected - seen),
                 "duplicates": len(got) - len(seen),
                 "unexpected": len(seen - expected),
-                "out_of_order": sum(1 for a, b in zip(got, got[1:], strict=False) if b <= a),
+                "out_of_order": sum(1 for a, b in itertools.pairwise(got) if b <= a),
             }
             for key, n in counts.items():
                 totals[key] += n

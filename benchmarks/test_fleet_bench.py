@@ -22,6 +22,7 @@ each case records its numbers and whether its target was met in ``results/fleet.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import statistics
 import subprocess
@@ -199,7 +200,7 @@ def test_silent_camera(
     for c in others:
         times = [t for t in before.arrivals.get(c, []) if t < stopped][-1:]
         times += settle.arrivals.get(c, []) + after.arrivals.get(c, [])
-        gaps[c] = max((b - a for a, b in zip(times, times[1:], strict=False)), default=None)
+        gaps[c] = max((b - a for a, b in itertools.pairwise(times)), default=None)
     record = {
         "cameras": cameras,
         "size": f"{SD[0]}x{SD[1]}",

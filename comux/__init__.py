@@ -21,18 +21,18 @@ from .registry import MongoConnect
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchReleasedError",
+    "BrokerUnavailableError",
     "Comux",
-    "MongoConnect",
-    "TopicSchema",
     "ComuxError",
+    "ComuxTimeoutError",
     "ConfigError",
+    "KafkaError",
+    "MongoConnect",
+    "ProvisionError",
+    "RegistryError",
+    "StateError",
+    "TopicSchema",
     "UnknownCameraError",
     "UnknownIndexError",
-    "BrokerUnavailableError",
-    "KafkaError",
-    "ComuxTimeoutError",
-    "BatchReleasedError",
-    "ProvisionError",
-    "StateError",
-    "RegistryError",
 ]

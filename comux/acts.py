@@ -31,13 +31,13 @@ from .control import NoSuchAction
 from .errors import ConfigError
 
 __all__ = [
-    "Act",
-    "Acts",
-    "ActionError",
     "BUILTIN_ACTS",
-    "Cameras",
     "MAX_CAMERAS",
     "UPDATE_FIELDS",
+    "Act",
+    "ActionError",
+    "Acts",
+    "Cameras",
     "camera_limit",
 ]
 

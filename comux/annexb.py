@@ -15,14 +15,14 @@ from .errors import ConfigError
 __all__ = [
     "CODECS",
     "START_CODE",
-    "normalize_codec",
+    "has_parameter_sets",
+    "insert_parameter_sets",
+    "is_disposable",
+    "is_keyframe",
     "iter_nals",
     "nal_types",
-    "is_keyframe",
-    "is_disposable",
-    "has_parameter_sets",
+    "normalize_codec",
     "parameter_sets",
-    "insert_parameter_sets",
 ]
 
 # The codec names comux takes (lower case, without '.' and '-') and the decoder each one means.

@@ -541,8 +541,8 @@ class Comux:
         self,
         cam_id: str,
         *,
-        rate: float | None | object = ...,
-        max_offset_diff: int | None | object = ...,
+        rate: float | object | None = ...,
+        max_offset_diff: int | object | None = ...,
         policy: Policy | object = ...,
     ) -> None:
         """Change one running camera's settings; arguments left out stay as they are.

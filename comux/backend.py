@@ -20,7 +20,7 @@ from typing import Final, Literal
 
 from .errors import ConfigError
 
-__all__ = ["BACKEND", "BACKENDS", "Backend", "ENV_VAR"]
+__all__ = ["BACKEND", "BACKENDS", "ENV_VAR", "Backend"]
 
 Backend = Literal["compiled", "reference"]
 BACKENDS: Final[tuple[Backend, ...]] = ("compiled", "reference")

@@ -37,13 +37,13 @@ from .backend import BACKEND, BACKENDS, Backend
 from .errors import BatchReleasedError, ComuxTimeoutError, ConfigError, UnknownCameraError
 
 __all__ = [
+    "Allocator",
     "Batch",
     "BatchPool",
     "CameraRows",
-    "Allocator",
+    "Entry",
     "FrameWriter",
     "Policy",
-    "Entry",
     "Publish",
     "compiled_writer",
     "frame_writer",
@@ -94,17 +94,17 @@ class _Buffer:
     """One pool buffer and its per-row metadata, written by each row's own camera."""
 
     __slots__ = (
-        "id",
-        "owner",
+        "corrupt",
         "frames",
+        "held",
+        "id",
         "indices",
+        "owner",
         "pts",
+        "seq",
         "timestamps",
         "valid",
         "written",
-        "corrupt",
-        "seq",
-        "held",
     )
 
     def __init__(self, ident: int, owner: Any, frames: np.ndarray) -> None:
@@ -188,7 +188,7 @@ class Batch:
     which every accessor raises :class:`BatchReleasedError`. :meth:`copy` detaches.
     """
 
-    __slots__ = ("cam_ids", "_buffer", "_pool", "_n", "_released", "on_ack")
+    __slots__ = ("_buffer", "_n", "_pool", "_released", "cam_ids", "on_ack")
 
     def __init__(self, cam_ids: list[str], buffer: _Buffer, pool: BatchPool | None) -> None:
         self.cam_ids = cam_ids

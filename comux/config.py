@@ -11,12 +11,12 @@ from .errors import ConfigError
 
 __all__ = [
     "BOOTSTRAP_ENV",
-    "resolve_bootstrap_servers",
-    "TopicSchema",
     "CAM_ID_PATTERN",
-    "redact",
-    "is_secret",
     "SECRET_MARKERS",
+    "TopicSchema",
+    "is_secret",
+    "redact",
+    "resolve_bootstrap_servers",
 ]
 
 BOOTSTRAP_ENV = "COMUX_BOOTSTRAP_SERVERS"

@@ -37,8 +37,8 @@ from .errors import BrokerUnavailableError
 from .logs import COUNT_REPEATS
 
 __all__ = [
-    "ConsumerSettings",
     "CameraConsumer",
+    "ConsumerSettings",
     "DecodePool",
     "DecodeWorker",
 ]

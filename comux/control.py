@@ -55,15 +55,15 @@ from .errors import ComuxTimeoutError, ConfigError, KafkaError
 from .logs import COUNT_REPEATS
 
 __all__ = [
+    "MAX_REPLY",
+    "REQUEST_ID_HEADER",
+    "SIGNATURE_HEADER",
+    "TARGET_HEADER",
+    "TIMESTAMP_HEADER",
     "Control",
     "Dispatch",
     "NoSuchAction",
     "sign",
-    "REQUEST_ID_HEADER",
-    "TARGET_HEADER",
-    "SIGNATURE_HEADER",
-    "TIMESTAMP_HEADER",
-    "MAX_REPLY",
 ]
 
 log = logging.getLogger("comux.control")

@@ -21,13 +21,13 @@ from .config import BOOTSTRAP_ENV, resolve_bootstrap_servers
 from .errors import ConfigError, KafkaError
 
 __all__ = [
-    "EXIT_OK",
     "EXIT_ERROR",
     "EXIT_NO_REPLY",
+    "EXIT_OK",
     "add_ctl_parser",
     "build_value",
-    "request",
     "format_replies",
+    "request",
     "run_ctl",
 ]
 

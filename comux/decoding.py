@@ -20,7 +20,7 @@ from .annexb import CODECS as CODECS  # the codec names de_codec takes
 from .annexb import is_disposable, is_keyframe, normalize_codec
 from .errors import ConfigError
 
-__all__ = ["DecoderConfig", "CameraStats", "CameraDecoder", "PacketCache", "Message", "PixFmt"]
+__all__ = ["CameraDecoder", "CameraStats", "DecoderConfig", "Message", "PacketCache", "PixFmt"]
 
 log = logging.getLogger("comux.decoding")
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = [
+    "BatchReleasedError",
+    "BrokerUnavailableError",
     "ComuxError",
+    "ComuxTimeoutError",
     "ConfigError",
+    "KafkaError",
+    "PortInUseError",
+    "ProvisionError",
+    "RegistryError",
+    "StateError",
     "UnknownCameraError",
     "UnknownIndexError",
-    "BrokerUnavailableError",
-    "KafkaError",
-    "ComuxTimeoutError",
-    "BatchReleasedError",
-    "StateError",
-    "RegistryError",
-    "ProvisionError",
-    "PortInUseError",
 ]
 
 

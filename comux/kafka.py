@@ -29,15 +29,15 @@ from .logs import kafka_error_cb
 
 __all__ = [
     "LOGGER",
+    "admin",
+    "close_within",
     "config",
     "consumer",
-    "producer",
-    "admin",
-    "probe",
-    "produce_waiting",
-    "close_within",
     "describe",
     "error_code",
+    "probe",
+    "produce_waiting",
+    "producer",
 ]
 
 LOGGER = logging.getLogger("comux.kafka")

@@ -30,15 +30,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
-    "configure_logging",
-    "JsonFormatter",
-    "TextFormatter",
-    "RepeatFilter",
     "COUNT_REPEATS",
     "REPEAT_WINDOW_S",
+    "JsonFormatter",
     "LogFormat",
-    "reset_repeats",
+    "RepeatFilter",
+    "TextFormatter",
+    "configure_logging",
     "kafka_error_cb",
+    "reset_repeats",
 ]
 
 LogFormat = Literal["text", "json"]
@@ -233,7 +233,7 @@ def configure_logging(
     fmt: LogFormat | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     backups: int = DEFAULT_BACKUPS,
-    ffmpeg_level: int | None | Literal["auto"] = "auto",
+    ffmpeg_level: int | Literal["auto"] | None = "auto",
 ) -> logging.Logger:
     """Set the level of the ``comux`` logger and attach its handlers once.
 

@@ -20,12 +20,12 @@ from .annexb import insert_parameter_sets, is_keyframe, normalize_codec, paramet
 from .errors import ConfigError
 
 __all__ = [
+    "FRAME_NUMBER_BITS",
     "EncodedPacket",
-    "synthetic_packets",
     "file_packets",
     "pattern_frame",
     "read_frame_number",
-    "FRAME_NUMBER_BITS",
+    "synthetic_packets",
 ]
 
 FRAME_NUMBER_BITS = 16

@@ -10,6 +10,7 @@ with a socket timeout: a stuck client cannot hold it, and nothing it does waits 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -42,16 +43,16 @@ if TYPE_CHECKING:
     from .batching import Batch
 
 __all__ = [
-    "BatchMetrics",
-    "ComuxCollector",
-    "MetricsServer",
-    "serve_metrics",
-    "readiness",
-    "SKIP_REASONS",
     "CAMERA_COUNTERS",
     "CAMERA_GAUGES",
     "PROCESS_COUNTERS",
     "PROCESS_GAUGES",
+    "SKIP_REASONS",
+    "BatchMetrics",
+    "ComuxCollector",
+    "MetricsServer",
+    "readiness",
+    "serve_metrics",
 ]
 
 log = logging.getLogger("comux.metrics")
@@ -193,10 +194,8 @@ class BatchMetrics:
         with self._lock:
             for cam_id in [c for c in self._children if c not in keep]:
                 del self._children[cam_id]
-                try:
+                with contextlib.suppress(KeyError):
                     self.age.remove(cam_id)
-                except KeyError:
-                    pass
 
 
 class ComuxCollector(Collector):
@@ -310,7 +309,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "comux"
     protocol_version = "HTTP/1.0"
 
-    def do_GET(self) -> None:  # noqa: N802  (http.server's name)
+    def do_GET(self) -> None:
         owner = self.server.owner
         path = urlsplit(self.path).path.rstrip("/") or "/"
         try:

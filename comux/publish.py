@@ -19,11 +19,11 @@ from .errors import ConfigError, KafkaError
 from .media import EncodedPacket
 
 __all__ = [
+    "DEFAULT_PRODUCER_OPTIONS",
+    "UNKNOWN_PTS_FPS",
     "PublishStats",
     "publish",
     "publish_forever",
-    "DEFAULT_PRODUCER_OPTIONS",
-    "UNKNOWN_PTS_FPS",
 ]
 
 # Video messages are few and large: send them almost at once, allow 1080p keyframes

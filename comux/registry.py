@@ -30,11 +30,11 @@ from .config import SECRET_MARKERS, is_secret
 from .errors import ComuxError, ConfigError, RegistryError
 
 __all__ = [
-    "RegistryError",
-    "MongoConnect",
     "CameraSync",
-    "sync_cameras",
+    "MongoConnect",
+    "RegistryError",
     "redact_uri",
+    "sync_cameras",
     "uri_hosts",
 ]
 
@@ -298,7 +298,7 @@ class MongoConnect:
         if client is not None:
             try:
                 client.close()
-            except Exception:  # noqa: BLE001 - closing must not fail, and pymongo's text stays out
+            except Exception:
                 log.debug("closing the client of %s failed", self._where())
 
     def __enter__(self) -> MongoConnect:
@@ -427,7 +427,7 @@ class CameraSync(threading.Thread):
         while not self.stop_event.is_set():
             try:
                 self.sync_once()
-            except Exception as exc:  # noqa: BLE001 - the thread must never die
+            except Exception as exc:
                 self._failed("sync round", exc)
             with self._cond:
                 self.rounds += 1
@@ -438,7 +438,7 @@ class CameraSync(threading.Thread):
         """One poll: connect the cameras new in the registry, kill the ones gone from it."""
         try:
             wanted = self.registry.ret_cam_ids()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._failed(f"fetching camera ids from {getattr(self.registry, 'hosts', '?')}", exc)
             return
         current = list(self.comux.cam_ids)
@@ -449,7 +449,7 @@ class CameraSync(threading.Thread):
                 continue
             try:
                 self.comux.connect(cam_id)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self._failed(f"connecting camera {cam_id!r}", exc)
             else:
                 self.added += 1
@@ -459,7 +459,7 @@ class CameraSync(threading.Thread):
                 continue
             try:
                 self.comux.kill(cam_id)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self._failed(f"removing camera {cam_id!r}", exc)
             else:
                 self.removed += 1

@@ -24,7 +24,7 @@ from . import kafka
 from .decoding import Message
 from .errors import ConfigError, KafkaError
 
-__all__ = ["ResultProducer", "encode_headers", "SOURCE_HEADERS", "RESERVED_PREFIX"]
+__all__ = ["RESERVED_PREFIX", "SOURCE_HEADERS", "ResultProducer", "encode_headers"]
 
 log = logging.getLogger("comux.results")
 

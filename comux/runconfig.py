@@ -426,7 +426,7 @@ class _Table:
             table.used.add(name)
             if reserved and name in reserved:
                 raise table.error(name, f"set {self.name(reserved[name])} instead")
-            if isinstance(value, bool) or isinstance(value, str | int | float):
+            if isinstance(value, (bool, str | int | float)):
                 out[name] = value
             else:
                 raise table.bad(name, "a string, number or boolean", value)

@@ -14,6 +14,7 @@ that batch is not committed).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -334,10 +335,8 @@ class Runner:
 
     def _remove_pid_file(self) -> None:
         if self.pid_file is not None and read_pid(self.pid_file) == os.getpid():
-            try:
+            with contextlib.suppress(OSError):
                 self.pid_file.unlink()
-            except OSError:
-                pass
 
     # -- the model thread ------------------------------------------------------------------------
 

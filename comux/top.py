@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["Snapshot", "parse", "metrics_url", "fetch", "camera_rows", "render", "run_top"]
+__all__ = ["Snapshot", "camera_rows", "fetch", "metrics_url", "parse", "render", "run_top"]
 
 BEHIND_S = 2.0  # a camera more seconds than this behind the end of its topic is "behind"
 BEHIND_MESSAGES = 50  # the same in messages, while its frame interval is unknown
@@ -70,7 +70,7 @@ def metrics_url(url: str) -> str:
 
 
 def fetch(url: str, timeout: float = 5.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http only)
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         return str(response.read().decode("utf-8"))
 
 

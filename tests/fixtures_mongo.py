@@ -12,6 +12,7 @@ broken binary FAILS the tests that need it (never skips them).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import secrets
@@ -33,8 +34,8 @@ __all__ = [
     "FERRETDB_VERSION",
     "FerretDB",
     "find_ferretdb",
-    "mongo_server",
     "mongo_auth_server",
+    "mongo_server",
 ]
 
 FERRETDB_BIN_ENV = "FERRETDB_BIN"
@@ -109,10 +110,8 @@ def free_port() -> int:
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Have the kernel stop the server when the test process dies without tearing down."""
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
 
 
 @dataclass
@@ -195,7 +194,7 @@ class FerretDB:
                     stderr=subprocess.STDOUT,
                     cwd=self.directory,
                     env=env,
-                    preexec_fn=_die_with_parent,  # noqa: PLW1509
+                    preexec_fn=_die_with_parent,
                 )
             try:
                 self._wait_ready(deadline)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import confluent_kafka
 
-__all__ = ["MockCluster", "API_PRODUCE", "API_OFFSET_COMMIT"]
+__all__ = ["API_OFFSET_COMMIT", "API_PRODUCE", "MockCluster"]
 
 API_PRODUCE = 0
 API_OFFSET_COMMIT = 8

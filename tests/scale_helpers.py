@@ -282,7 +282,7 @@ class WorkerProc:
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         log_dir = Path(tempfile.gettempdir()) if log_dir is None else log_dir
         self.stderr_path = log_dir / f"scale-{scenario.uid}-{name}.log"
-        self._stderr = open(self.stderr_path, "w")  # noqa: SIM115  (closed in _read)
+        self._stderr = open(self.stderr_path, "w")
         self.started = time.time()
         self.proc = subprocess.Popen(
             command,

@@ -337,7 +337,7 @@ def test_signed_messages_need_a_nonce_and_a_finite_timestamp(control_rig):
     secret = "sentinel-secret-7f3a"
     applied = []
     acts = {"count": lambda comux, value: applied.append(value) or len(applied)}
-    remote, comux = control_rig([], secret=secret, acts=acts)
+    remote, _comux = control_rig([], secret=secret, acts=acts)
     value = b'{"n": 1}'
     no_nonce = _raw_sign(secret, "count", value, f"{time.time():.3f}")
     for _ in range(2):

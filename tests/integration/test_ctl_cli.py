@@ -72,7 +72,7 @@ def test_create_adds_the_camera_and_prints_the_reply(kafka_broker, instance):
 
 
 def test_an_error_reply_exits_1(kafka_broker, instance):
-    topic, comux = instance(instance_id="edge-2")
+    topic, _comux = instance(instance_id="edge-2")
     done, _ = ctl(kafka_broker.bootstrap, topic, "pause", "--cam-ids", "nope", "--wait", "30")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "error" in done.stdout and "nope" in done.stdout

@@ -225,45 +225,44 @@ def test_fifo_backlog_every_offset_exactly_once(kafka_broker):
     seen: dict[str, list[int]] = {c: [] for c in cams}
     wrong_pixels: list[tuple[str, int, int]] = []
     batches = 0
-    with RssSampler() as rss:
-        with Comux(cams, "raw.:cam_id", "out.:cam_id", "WARNING") as cameras:
-            cameras.setup_consumers(bootstrap, end=False, max_offset_diff=None, **own_group())
-            cameras.setup_decoders(
-                rate=None,
-                W=width,
-                H=height,
-                policy="fifo",
-                buffers=buffers,
-                fifo_depth=fifo_depth,
-            )
-            cameras.start()
-            t0 = time.monotonic()
-            deadline = t0 + pick(20, 60)
+    with RssSampler() as rss, Comux(cams, "raw.:cam_id", "out.:cam_id", "WARNING") as cameras:
+        cameras.setup_consumers(bootstrap, end=False, max_offset_diff=None, **own_group())
+        cameras.setup_decoders(
+            rate=None,
+            W=width,
+            H=height,
+            policy="fifo",
+            buffers=buffers,
+            fifo_depth=fifo_depth,
+        )
+        cameras.start()
+        t0 = time.monotonic()
+        deadline = t0 + pick(20, 60)
+        idle = 0
+        while time.monotonic() < deadline:
+            if all(len(seen[c]) >= n for c in cams):
+                break
+            batch = cameras.get_batch(timeout=3, stacked=True)
+            if batch is None:
+                idle += 1
+                stats = cameras.stats()
+                if idle >= 2 or all(stats[c]["packets"] >= n for c in cams):
+                    break  # nothing for 3 s after everything was read (or for 6 s): over
+                continue
             idle = 0
-            while time.monotonic() < deadline:
-                if all(len(seen[c]) >= n for c in cams):
-                    break
-                batch = cameras.get_batch(timeout=3, stacked=True)
-                if batch is None:
-                    idle += 1
-                    stats = cameras.stats()
-                    if idle >= 2 or all(stats[c]["packets"] >= n for c in cams):
-                        break  # nothing for 3 s after everything was read (or for 6 s): over
-                    continue
-                idle = 0
-                with batch:
-                    batches += 1
-                    for i, cam in enumerate(batch.cam_ids):
-                        if not batch.valid[i]:
-                            continue
-                        index = int(batch.indices[i])
-                        seen[cam].append(index)
-                        number = read_frame_number(batch.frames[i])
-                        if not 0 <= index < n or number != clip[index].pts:
-                            wrong_pixels.append((cam, index, number))
-                time.sleep(compute)  # the model's compute time
-            elapsed = time.monotonic() - t0
-            stats_line = _stats_line(cameras)
+            with batch:
+                batches += 1
+                for i, cam in enumerate(batch.cam_ids):
+                    if not batch.valid[i]:
+                        continue
+                    index = int(batch.indices[i])
+                    seen[cam].append(index)
+                    number = read_frame_number(batch.frames[i])
+                    if not 0 <= index < n or number != clip[index].pts:
+                        wrong_pixels.append((cam, index, number))
+            time.sleep(compute)  # the model's compute time
+        elapsed = time.monotonic() - t0
+        stats_line = _stats_line(cameras)
     got = {c: len(seen[c]) for c in cams}
     missing = {c[-8:]: len(set(range(n)) - set(seen[c])) for c in cams}
     dupes = {c[-8:]: len(seen[c]) - len(set(seen[c])) for c in cams}

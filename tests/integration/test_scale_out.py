@@ -25,6 +25,7 @@ Every test prints what it measured (``pytest -s``).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Iterator
@@ -82,10 +83,8 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
         for worker in box.workers:
             worker.cleanup()
         for pub in box.publishers:
-            try:
+            with contextlib.suppress(AssertionError):
                 pub.stop()
-            except AssertionError:
-                pass
 
 
 # -- shared checks -------------------------------------------------------------------------------

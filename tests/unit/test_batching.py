@@ -74,7 +74,7 @@ class Writer:
         """The ``v`` whose frame ``pixels`` holds; fails when they match no single frame."""
         shape = pixels.shape
         step = float(self.oracle(LEVELS - 1, shape).flat[0]) / (LEVELS - 1)
-        guess = int(round(float(pixels.flat[0]) / step))
+        guess = round(float(pixels.flat[0]) / step)
         for v in (guess, guess - 1, guess + 1):
             if 0 <= v < LEVELS:
                 diff = np.abs(pixels.astype(np.int16) - self.oracle(v, shape)).max()

@@ -298,7 +298,7 @@ def test_time_base_is_remembered_for_messages_without_it(video):
         FakeMessage(m.value(), m.offset(), _headers=[h for h in m.headers() or [] if h[0] == "pts"])
         for m in msgs[1:]
     ]
-    dec, sink = decoder(rate=10, clock=0.0)
+    dec, _sink = decoder(rate=10, clock=0.0)
     for msg in msgs:
         dec.decode(msg)
     assert 38 <= dec.stats.delivered <= 41

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def test_synthetic_packets_are_deterministic_and_the_seed_matters(synthetic):
 def test_pattern_differs_frame_to_frame():
     frames = [pattern_frame(W, H, i) for i in range(4)]
     assert frames[0].shape == (H * 3 // 2, W) and frames[0].dtype == np.uint8
-    for a, b in zip(frames, frames[1:], strict=False):
+    for a, b in itertools.pairwise(frames):
         # more than the frame-number bars change
         assert np.count_nonzero(a[H // 4 :] != b[H // 4 :]) > W * H // 4
     assert read_frame_number(frames[3][:H]) == 3

@@ -214,9 +214,8 @@ def test_harmless_pymongo_warnings_are_relayed(caplog: pytest.LogCaptureFixture)
 
 def test_context_manager_raises_on_unreachable() -> None:
     registry = MongoConnect(f"mongodb://127.0.0.1:{closed_port()}/", "d", "c", timeout=0.2)
-    with pytest.raises(RegistryError):
-        with registry:
-            pass
+    with pytest.raises(RegistryError), registry:
+        pass
 
 
 # -- ids from a fake collection -----------------------------------------------------------------
