@@ -7,6 +7,12 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 ext_dir = Path("comux/_ext")
+sources = sorted(ext_dir.glob("*.pyx"))
+if not sources:
+    # Without this, a tree that lacks the .pyx files (an sdist made without MANIFEST.in) builds
+    # a pure-Python `py3-none-any` wheel whose `import comux` fails.
+    raise SystemExit(f"setup.py: no Cython sources (*.pyx) in {ext_dir}: cannot build the core")
+
 extensions = [
     Extension(
         f"comux._ext.{pyx.stem}",
@@ -14,8 +20,9 @@ extensions = [
         include_dirs=[str(ext_dir), numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=["-O3"],
+        depends=[str(p) for p in sorted(ext_dir.glob("*.h"))],
     )
-    for pyx in sorted(ext_dir.glob("*.pyx"))
+    for pyx in sources
 ]
 
 setup(

@@ -7,6 +7,7 @@ the headline is the median of the per-round ratios.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -19,17 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Where runs write (untracked: .gitignore); results/reference/ holds the tracked long-run results
+# that README.md quotes, updated by hand.
+ENV_OUT = "COMUX_BENCH_OUT"  # another folder to write to (`comux bench --out DIR` sets it)
+RESULTS_DIR = (
+    Path(os.environ[ENV_OUT]).resolve()
+    if os.environ.get(ENV_OUT)
+    else Path(__file__).resolve().parent / "results" / "latest"
+)
 ENV_MODE = "COMUX_BENCH"
 
 
 def is_long(config: Any) -> bool:
     """Long mode: ``--long`` on the pytest command line or ``COMUX_BENCH=long``."""
     opt = False
-    try:
+    with contextlib.suppress(ValueError, AttributeError):
         opt = bool(config.getoption("--long"))
-    except (ValueError, AttributeError):
-        pass
     return opt or os.environ.get(ENV_MODE, "").strip().lower() == "long"
 
 
@@ -98,7 +104,7 @@ def machine_info() -> dict[str, Any]:
 class Results:
     """One JSON file per benchmark module, rewritten (atomically) after every recorded case.
 
-    Short runs write ``results/<name>.json``, long runs ``results/<name>-long.json``, so that the
+    Short runs write ``results/latest/<name>.json``, long runs ``<name>-long.json``, so that the
     CI's short run never overwrites the numbers of the last long run.
     """
 

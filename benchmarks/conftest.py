@@ -7,6 +7,10 @@ Short mode (default, for CI: the whole folder in about two minutes on two cores)
 Long mode (by hand, several minutes)::
 
     pytest benchmarks --benchmark-enable --long        # or COMUX_BENCH=long pytest benchmarks ...
+
+Every run writes its JSON to ``benchmarks/results/latest/`` (``_common.RESULTS_DIR``; untracked,
+so a run never changes the checkout); the tracked long-run results that README.md quotes are in
+``benchmarks/results/reference/``.
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """Plot the benchmark results. Needs matplotlib.
 
     python benchmarks/plot.py                 # the long run's results if there are any, else short
-    python benchmarks/plot.py --input benchmarks/results/end_to_end.json --output out.png
+    python benchmarks/plot.py --input benchmarks/results/reference/end_to_end-long.json
     python benchmarks/plot.py --live          # CPU per camera-second against rate
 
 Reads the JSON that ``test_end_to_end_bench.py`` writes and saves
-``benchmarks/results/fps_vs_cameras.png``: frames/s (median, min-max bars) and process CPU
-milliseconds per frame, against the number of cameras. With ``--live``, reads what
-``test_live_bench.py`` writes and saves ``benchmarks/results/cpu_vs_rate.png``: comux's CPU per
-camera-second at each rate, one line per stream.
+``benchmarks/results/latest/fps_vs_cameras.png``: frames/s (median, min-max bars) and process
+CPU milliseconds per frame, against the number of cameras. With ``--live``, reads what
+``test_live_bench.py`` writes and saves ``benchmarks/results/latest/cpu_vs_rate.png``: comux's
+CPU per camera-second at each rate, one line per stream. ``latest/`` is untracked; the tracked
+long-run results and plots that README.md quotes are in ``benchmarks/results/reference/``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "latest"
+REFERENCE = RESULTS.parent / "reference"
 STYLE = {
     "comux": {"color": "tab:blue", "marker": "o"},
     "ceiling": {"color": "tab:green", "marker": "s"},
@@ -45,6 +47,13 @@ def curve(data: dict, resolution: str) -> dict[str, list[tuple[int, dict]]]:
 
 
 def plot_live(src: Path, output: Path) -> int:
+    if not src.is_file():
+        print(
+            f"no results at {src}: run `pytest benchmarks/test_live_bench.py` first, or plot "
+            f"the reference run: --live --input {REFERENCE / 'live-long.json'}",
+            file=sys.stderr,
+        )
+        return 1
     data = json.loads(src.read_text())
     import matplotlib
 
@@ -65,6 +74,7 @@ def plot_live(src: Path, output: Path) -> int:
     ax.legend(fontsize=8)
     fig.suptitle(f"live cameras at 25 fps, {data.get('mode', '?')} mode", fontsize=10)
     fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=110)
     print(f"wrote {output} from {src}")
     return 0
@@ -85,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     src = args.input or default_input()
     if not src.is_file():
         print(
-            f"no results at {src}: run `pytest benchmarks --benchmark-enable` first",
+            f"no results at {src}: run `pytest benchmarks --benchmark-enable` first, or plot "
+            f"the reference run: --input {REFERENCE / 'end_to_end-long.json'}",
             file=sys.stderr,
         )
         return 1

@@ -1,10 +1,11 @@
 """Plots of a soak run (tests/integration/test_soak.py): RSS, delivered fps and lag over time.
 
 The long soak (``COMUX_LONG=1``) writes its per-second samples to
-``benchmarks/results/soak-long.json`` and calls :func:`plot` for ``soak-long.png``. To draw a
+``benchmarks/results/latest/soak-long.json`` and calls :func:`plot` for ``soak-long.png``
+(the tracked run README.md quotes is in ``benchmarks/results/reference/``). To draw a
 JSON again::
 
-    .venv/bin/python -m benchmarks.soak benchmarks/results/soak-long.json [out.png]
+    .venv/bin/python -m benchmarks.soak benchmarks/results/latest/soak-long.json [out.png]
 
 Needs matplotlib (the ``bench`` extra: ``pip install -e '.[bench]'``).
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 __all__ = ["plot", "write_samples"]
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "latest"  # untracked
 
 
 def write_samples(path: str | Path, samples: Sequence[Mapping[str, Any]], meta: Mapping) -> Path:

@@ -3,5 +3,5 @@
 # Extra arguments go to `comux demo` (see `comux demo --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+bash scripts/bootstrap.sh demo
 exec .venv/bin/comux demo "$@"

@@ -14,7 +14,7 @@ model, and every result sent is on the output topic. The consumer reads from off
 topics (``end=False`` with ``policy="latest"``, so live behaviour with a known first offset):
 that is what makes the offset accounting exact.
 
-The long run writes ``benchmarks/results/soak-long.json`` and ``soak-long.png`` (matplotlib).
+The long run writes ``benchmarks/results/latest/soak-long.json`` and ``soak-long.png`` (matplotlib).
 """
 
 from __future__ import annotations

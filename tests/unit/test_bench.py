@@ -11,18 +11,25 @@ import pytest
 
 from comux.bench import OUT_ENV, find_benchmarks, run_bench
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def args(**given: object) -> argparse.Namespace:
     base = {"long": False, "out": None, "benchmarks": None, "k": None, "no_plot": False}
     return argparse.Namespace(**{**base, **given})
 
 
-def test_the_checkouts_benchmarks_are_found_next_to_the_package():
-    assert find_benchmarks() == ROOT / "benchmarks"
-    assert find_benchmarks(ROOT) == ROOT / "benchmarks"  # the checkout's root will do
-    assert find_benchmarks(ROOT / "benchmarks") == ROOT / "benchmarks"
+def fake_suite(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for name, text in FAKE.items():
+        (folder / name).write_text(textwrap.dedent(text))
+    return folder
+
+
+def test_the_checkouts_benchmarks_are_found_next_to_the_package(tmp_path, monkeypatch):
+    suite = fake_suite(tmp_path / "benchmarks")
+    monkeypatch.setattr("comux.bench.__file__", str(tmp_path / "comux" / "bench.py"))
+    assert find_benchmarks() == suite
+    assert find_benchmarks(tmp_path) == suite  # the checkout's root will do
+    assert find_benchmarks(suite) == suite
 
 
 def test_without_the_suite_it_says_where_it_ships(tmp_path, monkeypatch, capsys):
@@ -61,10 +68,8 @@ FAKE = {
 
 @pytest.mark.parametrize("long", [False, True])
 def test_results_and_plots_go_to_the_out_folder(tmp_path, monkeypatch, long):
-    suite = tmp_path / "src" / "benchmarks"
-    suite.mkdir(parents=True)
-    for name, text in FAKE.items():
-        (suite / name).write_text(textwrap.dedent(text))
+    suite = fake_suite(tmp_path / "src" / "benchmarks")
+    monkeypatch.setattr("comux.bench._missing", lambda modules: [])  # the stand-in plots alone
     monkeypatch.delenv(OUT_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     assert run_bench(args(benchmarks=str(suite), long=long)) == 0
