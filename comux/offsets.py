@@ -34,9 +34,9 @@ class _Pending:
 class OffsetLedger:
     """One camera's frames between the decoder and a delivered result.
 
-    Threads: the decode thread calls :meth:`hold` and sets :attr:`frontier`, the batch sealer
-    :meth:`drop`, the model :meth:`ack` and :meth:`sending`, the producer's poll thread
-    :meth:`delivered`, the consumer's poll thread :meth:`commit_point`.
+    Threads: the decode thread calls :meth:`decoded`, :meth:`hold` and :meth:`drop`, the model
+    :meth:`ack` and :meth:`sending`, the producer's thread :meth:`delivered`, the consumer's
+    poll thread :meth:`commit_point`.
     """
 
     def __init__(self) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from comux.broker import LocalKafka
-from tests.fleet_helpers import wait_until
+from tests.fleet_helpers import rss_bytes, wait_until
 
 __all__ = [
     "OutRecord",
@@ -230,15 +230,6 @@ def check_results(
 
 
 # -- this process --------------------------------------------------------------------------------
-
-
-def rss_bytes() -> int:
-    """VmRSS of this process (psutil is not a dependency)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def comux_threads() -> list[threading.Thread]:
