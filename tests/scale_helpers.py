@@ -267,6 +267,7 @@ class WorkerProc:
         log_dir: Path | None = None,
     ) -> None:
         self.name = name
+        self.stopping = False  # SIGTERM sent
         command = [
             sys.executable, "-m", "tests.worker",
             "--bootstrap", scenario.bootstrap, "--group", scenario.group, "--cams", ",".join(cams),
@@ -359,6 +360,8 @@ class WorkerProc:
         return self.of("error")
 
     def signal(self, sig: int) -> None:
+        if sig == signal.SIGTERM:
+            self.stopping = True
         os.kill(self.proc.pid, sig)
 
     def kill9(self) -> float:
@@ -371,8 +374,10 @@ class WorkerProc:
 
     def terminate(self, timeout: float = 25.0) -> dict[str, Any]:
         """SIGTERM and wait: the worker closes cleanly and reports (its ``closed`` event)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        # Once only: a second SIGTERM that lands while the interpreter shuts down (its handlers
+        # back to the default) kills a worker that had closed cleanly.
+        if self.proc.poll() is None and not self.stopping:
+            self.signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
