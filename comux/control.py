@@ -49,7 +49,6 @@ from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from . import kafka
-from .config import CAM_ID_PATTERN as CAM_ID_PATTERN  # where comux.runconfig looks for it
 from .config import resolve_bootstrap_servers
 from .errors import ComuxTimeoutError, ConfigError, KafkaError
 from .logs import COUNT_REPEATS

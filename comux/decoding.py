@@ -16,8 +16,7 @@ from typing import Any, Literal, Protocol, cast
 import av
 from av.video.reformatter import VideoReformatter
 
-from .annexb import CODECS as CODECS  # the codec names de_codec takes
-from .annexb import is_disposable, is_keyframe, normalize_codec
+from .annexb import CODECS, is_disposable, is_keyframe, normalize_codec
 from .errors import ConfigError
 
 __all__ = ["CameraDecoder", "CameraStats", "DecoderConfig", "Message", "PacketCache", "PixFmt"]

@@ -31,11 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from .annexb import CODECS
 from .batching import POLICIES, Policy
-from .config import BOOTSTRAP_ENV, TopicSchema, is_secret, redact, resolve_bootstrap_servers
+from .config import (
+    BOOTSTRAP_ENV,
+    CAM_ID_PATTERN,
+    TopicSchema,
+    is_secret,
+    redact,
+    resolve_bootstrap_servers,
+)
 from .consuming import START
-from .control import CAM_ID_PATTERN
-from .decoding import CODECS, PIX_FMTS, PixFmt
+from .decoding import PIX_FMTS, PixFmt
 from .errors import ConfigError
 from .registry import _split_uri, redact_uri
 

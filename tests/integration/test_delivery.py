@@ -17,17 +17,13 @@ from comux.media import synthetic_packets
 from comux.publish import publish
 from comux.results import SOURCE_HEADERS
 from tests.fleet_helpers import unique, wait_until
+from tests.scale_helpers import committed_offsets
 
 CLIP = list(synthetic_packets(160, 120, 60, fps=25, gop=10, bframes=2))
 
 
 def committed(bootstrap: str, group: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        (tp,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
-        return tp.offset
-    finally:
-        consumer.close()
+    return committed_offsets(bootstrap, group, [topic])[topic]
 
 
 def read_all(bootstrap: str, topic: str, *, committed_only: bool = False) -> list[Any]:

@@ -25,6 +25,7 @@ from comux.publish import publish, publish_forever
 from comux.results import SOURCE_HEADERS
 from comux.top import fetch, parse
 from tests.fleet_helpers import poll_until, unique, wait_until
+from tests.scale_helpers import committed_offsets
 
 FRAMES, GOP = 40, 10
 SECRET = "Sup3r-s3cret-value"
@@ -173,12 +174,7 @@ class Reader:
 
 
 def committed(bootstrap: str, group: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        (tp,) = consumer.committed([TopicPartition(topic, 0)], timeout=10)
-        return tp.offset
-    finally:
-        consumer.close()
+    return committed_offsets(bootstrap, group, [topic])[topic]
 
 
 def test_run_delivers_results_and_stops_cleanly_on_sigterm(kafka_broker, tmp_path, runs):
