@@ -11,6 +11,8 @@ import os
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ __all__ = [
     "RssSampler",
     "Timed",
     "create_topics",
+    "http_get",
     "long_mode",
     "pick",
     "poll_until",
@@ -354,3 +357,12 @@ class RssSampler:
     @property
     def growth(self) -> int:
         return self.peak - self.baseline
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """Status and body of a GET, error statuses included (the health endpoints answer 503)."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()

@@ -61,13 +61,21 @@ def by_offset(messages: list[Any]) -> dict[int, list[dict[str, bytes]]]:
     return out
 
 
-def run_model(cameras: Comux, until: Any, timeout: float = 60) -> set[int]:
-    """Send a result for every valid frame until ``until(sent offsets)``; return the offsets."""
+def run_model(
+    cameras: Comux, until: Any, timeout: float = 60, waits: list[float] | None = None
+) -> set[int]:
+    """Send a result for every valid frame until ``until(sent offsets)``; return the offsets.
+
+    ``waits`` gets how long each ``get_batch`` took.
+    """
     sent: set[int] = set()
     deadline = time.monotonic() + timeout
     while not until(sent):
         assert time.monotonic() < deadline, (sorted(sent), cameras.stats())
+        started = time.perf_counter()
         batch = cameras.get_batch(timeout=5, stacked=True)
+        if waits is not None:
+            waits.append(time.perf_counter() - started)
         if batch is None:
             continue
         with batch:
@@ -171,20 +179,7 @@ def test_transactional_results_are_written_once_with_their_offsets(kafka_broker,
     cameras = worker(bootstrap, cam, group, **options)
     waits: list[float] = []
     try:
-        sent: set[int] = set()
-        deadline = time.monotonic() + 60
-        while len(sent) < len(CLIP):
-            assert time.monotonic() < deadline, cameras.stats()
-            started = time.perf_counter()
-            batch = cameras.get_batch(timeout=5, stacked=True)
-            waits.append(time.perf_counter() - started)
-            if batch is None:
-                continue
-            with batch:
-                for cam_id, index, frame in batch:
-                    if frame is not None:
-                        cameras.send(cam_id, index, {"n": index})
-                        sent.add(index)
+        sent = run_model(cameras, lambda sent: len(sent) == len(CLIP), waits=waits)
         cameras.get_batch(timeout=0.5)  # moves past (and commits) the last batch
         wait_until(
             lambda: committed(bootstrap, group, f"raw.{cam}") >= 50,

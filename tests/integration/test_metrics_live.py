@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,6 +12,7 @@ from comux import Comux
 from comux.media import synthetic_packets
 from comux.metrics import SKIP_REASONS
 from comux.publish import publish_forever
+from tests.fleet_helpers import http_get
 from tests.groups import own_group
 
 CLIP = list(synthetic_packets(160, 120, 50, fps=25, gop=25, bframes=0))
@@ -23,17 +22,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
 
 
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def scrape(url: str) -> dict[tuple[str, str, str], float]:
     """(sample name, cam_id, reason) -> value; '' where a label is absent."""
-    status, text = get(url + "/metrics")
+    status, text = http_get(url + "/metrics")
     assert status == 200, text
     out = {}
     for family in text_string_to_metric_families(text):
@@ -61,18 +52,18 @@ def test_scrapes_follow_stats_while_frames_flow_and_readiness_says_why(kafka_bro
         server = cameras.serve_metrics(0)
         try:
             url = server.url
-            assert get(url + "/healthz") == (200, "ok\n")
-            assert get(url + "/readyz") == (503, "not started\n")
+            assert http_get(url + "/healthz") == (200, "ok\n")
+            assert http_get(url + "/readyz") == (503, "not started\n")
             cameras.start()
             # Their topics do not exist yet: nothing can be assigned.
-            assert get(url + "/readyz") == (503, "no camera partition assigned yet\n")
+            assert http_get(url + "/readyz") == (503, "no camera partition assigned yet\n")
 
             publishers = publish_forever(CLIP, cams, bootstrap_servers=bootstrap, stop=stop)
             deadline = time.monotonic() + 90
-            while get(url + "/readyz") != (200, "ok\n") or any(
+            while http_get(url + "/readyz") != (200, "ok\n") or any(
                 s["in_batches"] < 10 for s in cameras.stats().values()
             ):
-                assert time.monotonic() < deadline, (get(url + "/readyz"), cameras.stats())
+                assert time.monotonic() < deadline, (http_get(url + "/readyz"), cameras.stats())
                 model_step(cameras)
 
             last: dict[str, float] = {}
@@ -140,7 +131,7 @@ def test_scrapes_follow_stats_while_frames_flow_and_readiness_says_why(kafka_bro
                 thread.join(10)
             cameras.close()
             try:
-                assert get(server.url + "/readyz") == (503, "closed\n")
-                assert get(server.url + "/healthz") == (200, "ok\n")
+                assert http_get(server.url + "/readyz") == (503, "closed\n")
+                assert http_get(server.url + "/healthz") == (200, "ok\n")
             finally:
                 server.close()

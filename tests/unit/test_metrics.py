@@ -4,8 +4,6 @@ endpoints, readiness reasons, and the ``comux top`` table rendered from canned m
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import numpy as np
@@ -27,14 +25,7 @@ from comux.metrics import (
 )
 from comux.top import camera_rows, metrics_url, parse, render
 from tests.fakes import FakeMessage, messages
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+from tests.fleet_helpers import http_get
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -137,7 +128,7 @@ def served(fake: FakeComux) -> Any:
 
 
 def test_every_counter_is_the_stats_number_under_a_prometheus_name(fake, served):
-    status, text = get(served.url + "/metrics")
+    status, text = http_get(served.url + "/metrics")
     assert status == 200
     got = samples(text)
     stats = fake.stats()
@@ -176,7 +167,7 @@ def test_batches_feed_the_age_wait_and_fill_histograms(fake, served):
     buf.valid[:] = [True, False]
     buf.timestamps[:] = time.time() - 0.2
     observe(Batch(["cam-a", "cam-b"], buf, None), 0.03)
-    got = samples(get(served.url + "/metrics")[1])
+    got = samples(http_get(served.url + "/metrics")[1])
     assert got[("comux_frame_age_seconds_count", cam("cam-a"))] == 1
     assert 0.2 <= got[("comux_frame_age_seconds_sum", cam("cam-a"))] < 5
     assert ("comux_frame_age_seconds_count", cam("cam-b")) not in got  # its slot was empty
@@ -185,22 +176,22 @@ def test_batches_feed_the_age_wait_and_fill_histograms(fake, served):
     assert got[("comux_frame_age_seconds_bucket", cam("cam-a", le="0.25"))] == 1
     assert got[("comux_frame_age_seconds_bucket", cam("cam-a", le="0.1"))] == 0
     del fake.cameras["cam-a"]  # a deleted camera's series go
-    got = samples(get(served.url + "/metrics")[1])
-    get(served.url + "/metrics")  # the histogram may be collected before the pruning
-    got = samples(get(served.url + "/metrics")[1])
+    got = samples(http_get(served.url + "/metrics")[1])
+    http_get(served.url + "/metrics")  # the histogram may be collected before the pruning
+    got = samples(http_get(served.url + "/metrics")[1])
     assert ("comux_frame_age_seconds_count", cam("cam-a")) not in got
 
 
 def test_health_and_readiness_endpoints(fake, served):
-    assert get(served.url + "/healthz") == (200, "ok\n")
-    assert get(served.url + "/readyz") == (200, "ok\n")
-    assert get(served.url + "/nope")[0] == 404
+    assert http_get(served.url + "/healthz") == (200, "ok\n")
+    assert http_get(served.url + "/readyz") == (200, "ok\n")
+    assert http_get(served.url + "/nope")[0] == 404
     fake.totals["assigned"] = 0
-    assert get(served.url + "/readyz") == (503, "no camera partition assigned yet\n")
-    assert samples(get(served.url + "/metrics")[1])[("comux_ready", ())] == 0.0
+    assert http_get(served.url + "/readyz") == (503, "no camera partition assigned yet\n")
+    assert samples(http_get(served.url + "/metrics")[1])[("comux_ready", ())] == 0.0
     fake.totals["closed"] = True
-    assert get(served.url + "/readyz") == (503, "closed\n")
-    assert get(served.url + "/healthz") == (200, "ok\n")  # alive while the process runs
+    assert http_get(served.url + "/readyz") == (503, "closed\n")
+    assert http_get(served.url + "/healthz") == (200, "ok\n")  # alive while the process runs
 
 
 @pytest.mark.parametrize(
@@ -224,8 +215,8 @@ def test_readiness_says_why_in_one_line(fake, change, reason):
 
 def test_a_failing_scrape_answers_500_and_the_server_keeps_serving(fake, served):
     fake.stats = None  # type: ignore[assignment, method-assign]
-    assert get(served.url + "/metrics")[0] == 500
-    assert get(served.url + "/healthz") == (200, "ok\n")
+    assert http_get(served.url + "/metrics")[0] == 500
+    assert http_get(served.url + "/healthz") == (200, "ok\n")
 
 
 def test_close_frees_the_port(fake):
@@ -234,7 +225,7 @@ def test_close_frees_the_port(fake):
     server.close()
     assert not fake.observers
     with MetricsServer(fake, port, process_metrics=False) as again:  # type: ignore[arg-type]
-        assert get(again.url + "/healthz")[0] == 200
+        assert http_get(again.url + "/healthz")[0] == 200
 
 
 def test_a_real_comux_scrape_equals_its_stats():
@@ -246,7 +237,7 @@ def test_a_real_comux_scrape_equals_its_stats():
         cameras.setup_decoders(rate=None, W=64, H=48, policy="fifo")
         server = cameras.serve_metrics(0, process_metrics=False)
         failing = cameras.observe_batches(lambda batch, waited: 1 / 0)  # never costs a batch
-        assert get(server.url + "/readyz") == (503, "not started\n")
+        assert http_get(server.url + "/readyz") == (503, "not started\n")
         cameras.start()
         b_msgs = messages(clip)
         b_msgs.insert(15, FakeMessage(b"", 15))  # an empty packet: a decode error
@@ -267,7 +258,7 @@ def test_a_real_comux_scrape_equals_its_stats():
             cameras.get_batch(timeout=0.2)
         failing()
         stats, totals = cameras.stats(), cameras.process_stats()
-        got = samples(get(server.url + "/metrics")[1])
+        got = samples(http_get(server.url + "/metrics")[1])
         for cam_id, s in stats.items():
             for key, name, _ in CAMERA_COUNTERS:
                 if key == "stalled_seconds":  # grows while the camera is silent
@@ -289,9 +280,9 @@ def test_a_real_comux_scrape_equals_its_stats():
         assert stats["b"]["decode_errors"] == 1 and stats["b"]["empty_packets"] == 1
         assert got[("comux_batches_total", ())] == totals["batches"] > 0
         assert got[("comux_batch_wait_seconds_count", ())] == totals["batches"]
-        assert get(server.url + "/readyz") == (503, "no camera partition assigned yet\n")
+        assert http_get(server.url + "/readyz") == (503, "no camera partition assigned yet\n")
         cameras.close()
-        assert get(server.url + "/readyz") == (503, "closed\n")
+        assert http_get(server.url + "/readyz") == (503, "closed\n")
         server.close()
 
 
