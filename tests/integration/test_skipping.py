@@ -86,7 +86,9 @@ def test_live_cameras_at_rate_1_get_fresh_intact_keyframes(kafka_broker):
     for cam, index, age, pixels in seen:
         i = index % len(clip)
         assert clip[i].keyframe, f"{cam} offset {index} is not a keyframe"
-        assert age < 0.25, f"{cam} offset {index}: {age:.3f} s old when it reached its slot"
+        # A stale keyframe is a GOP (1 s) old; a fresh one is a few frames old, more on a busy
+        # machine: half a GOP tells them apart.
+        assert age < 0.5, f"{cam} offset {index}: {age:.3f} s old when it reached its slot"
         assert np.array_equal(pixels, expected[i]), f"{cam} offset {index} differs"
     for s in stats.values():
         assert s["skipped_to_keyframe"] >= 50  # most of each GOP, once the interval is learned
