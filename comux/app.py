@@ -674,8 +674,8 @@ class Comux:
                 log.exception("batch observer failed")
         cameras = self._cameras
         in_hand = [
-            (cameras[c], int(i))
-            for c, i in zip(batch.cam_ids, batch.indices, strict=True)
+            (cameras[c], i)
+            for c, i in zip(batch.cam_ids, batch.indices.tolist(), strict=True)
             if i >= 0 and c in cameras
         ]
         self._in_hand = in_hand
