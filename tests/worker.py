@@ -88,7 +88,9 @@ class Assignment:
         self.cameras = cameras
         self.lock = threading.Lock()
         self.held: frozenset[str] = frozenset()
-        self.awaiting_first: set[str] = set()  # (re)assigned, no frame handed out since
+        # Cameras with a frame handed out since they were (re)assigned. Kept from the model
+        # loop's side: a frame can reach a batch before this thread sees the assignment.
+        self.handed: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="worker-assignment", daemon=True)
 
@@ -109,17 +111,18 @@ class Assignment:
                 if held == self.held:
                     continue
                 gained = held - self.held
-                self.awaiting_first |= gained
-                self.awaiting_first -= self.held - held
+                self.handed -= self.held - held
                 self.held = held
             emit("assignment", cams=sorted(held), gained=sorted(gained))
 
-    def first_frame(self, cam_id: str) -> bool:
+    def first_frames(self, cam_ids: list[str]) -> list[str]:
+        """The cameras of a batch whose first frame since their assignment this is."""
+        held = self.now()  # read after the batch: each of its cameras was assigned by then
         with self.lock:
-            if cam_id in self.awaiting_first:
-                self.awaiting_first.discard(cam_id)
-                return True
-            return False
+            self.handed &= held
+            first = [c for c in cam_ids if c not in self.handed]
+            self.handed.update(first)
+            return first
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,9 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         if first:
             first = False
             emit("first_frame", cam=valid[0][0], offset=valid[0][1])
-        for cam_id, offset in valid:
-            if assignment.first_frame(cam_id):
-                emit("cam_first", cam=cam_id, offset=offset)
+        for cam_id in assignment.first_frames(list(offsets)):
+            emit("cam_first", cam=cam_id, offset=offsets[cam_id])
         held = hold_next.is_set()
         if held or now - last_print >= 0.25:
             last_print = now
