@@ -290,7 +290,6 @@ def _stop(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure_logging(args.main_log_level, args.main_log_file, fmt=args.main_log_format)
     handler = {
         "ctl": _ctl,
         "kafka": _kafka,
@@ -302,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench": _bench,
     }[args.command]
     try:
+        configure_logging(args.main_log_level, args.main_log_file, fmt=args.main_log_format)
         return handler(args)
     except ComuxError as exc:
         print(f"comux: {exc}", file=sys.stderr)

@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .errors import ConfigError
+
 __all__ = [
     "COUNT_REPEATS",
     "REPEAT_WINDOW_S",
@@ -221,8 +223,6 @@ def _formatter(fmt: LogFormat) -> logging.Formatter:
         return JsonFormatter()
     if fmt == "text":
         return TextFormatter()
-    from .errors import ConfigError
-
     raise ConfigError(f"log format must be 'text' or 'json', got {fmt!r}")
 
 
@@ -266,9 +266,12 @@ def configure_logging(
         if not any(
             isinstance(h, logging.FileHandler) and h.baseFilename == path for h in logger.handlers
         ):
-            handler = logging.handlers.RotatingFileHandler(
-                path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
-            )
+            try:
+                handler = logging.handlers.RotatingFileHandler(
+                    path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+                )
+            except OSError as exc:
+                raise ConfigError(f"cannot write the log file {path}: {exc.strerror}") from None
             setattr(handler, _OURS, True)
             handler.setFormatter(formatter)
             logger.addHandler(handler)

@@ -72,6 +72,15 @@ def test_publishing_a_missing_file_says_so_in_one_line(capsys, tmp_path):
     assert "Traceback" not in err and "packets" not in err
 
 
+def test_an_unwritable_log_file_says_so_in_one_line(capsys, tmp_path):
+    where = tmp_path / "no-such-dir" / "comux.log"
+    code = main(["--log-file", str(where), "top", "--once", "--metrics", "127.0.0.1:1"])
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert code == 1
+    assert err == f"comux: cannot write the log file {where}: No such file or directory\n"
+
+
 def test_kafka_up_on_a_busy_port_names_the_flags(capsys, tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ import confluent_kafka as ck
 import pytest
 
 import comux.app
-from comux import BrokerUnavailableError, Comux, MongoConnect, RegistryError
+from comux import BrokerUnavailableError, Comux, ConfigError, MongoConnect, RegistryError
 from comux.ctl import request
 from comux.decoding import CameraDecoder, DecoderConfig
 from comux.logs import COUNT_REPEATS, RepeatFilter, configure_logging, reset_repeats
@@ -102,6 +102,11 @@ def test_a_later_call_keeps_the_format_unless_told(tmp_path):
     configure_logging("INFO")  # what Comux(log_level=...) does
     logging.getLogger("comux").info("still json")
     assert json.loads(path.read_text().splitlines()[-1])["message"] == "still json"
+
+
+def test_a_log_file_that_cannot_be_opened_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot write the log file .*: Is a directory"):
+        configure_logging("INFO", tmp_path)
 
 
 def test_the_log_file_rotates_at_the_size_given(tmp_path):

@@ -20,7 +20,7 @@ from comux.runconfig import (
     load_config,
     load_model,
 )
-from comux.runner import EXIT_CONFIG, ModelResultError, Runner, check, slot_headers, stop
+from comux.runner import EXIT_CONFIG, ModelResultError, Runner, check, run, slot_headers, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -413,6 +413,13 @@ def test_cli_check_exits_1_naming_the_key(tmp_path):
     )
     assert result.returncode == 1
     assert f"{path}: decoder.rate: must be > 0, got -1" in result.stderr
+
+
+def test_run_with_an_unwritable_log_file_exits_with_the_config_code(tmp_path, capsys):
+    path = write(tmp_path, MINIMAL)
+    code = run(path, log_file=str(tmp_path / "missing" / "comux.log"))
+    assert code == EXIT_CONFIG
+    assert "cannot write the log file" in capsys.readouterr().err
 
 
 # -- the model ------------------------------------------------------------------------------------
