@@ -73,6 +73,12 @@ def add_ctl_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for replies")
     p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for a broker, and then for the action's delivery",
+    )
+    p.add_argument(
         "--expect",
         type=int,
         default=1,
@@ -267,6 +273,8 @@ def run_ctl(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     if not args.wait >= 0:
         raise ConfigError(f"--wait must be >= 0 seconds, got {args.wait}")
+    if not args.connect_timeout > 0:
+        raise ConfigError(f"--connect-timeout must be > 0 seconds, got {args.connect_timeout}")
     if args.expect < 0:
         raise ConfigError(f"--expect must be >= 0, got {args.expect}")
     replies = request(
@@ -278,6 +286,7 @@ def run_ctl(args: argparse.Namespace, out: TextIO | None = None) -> int:
         secret=_secret(args.secret_env),
         wait=args.wait,
         expect=args.expect,
+        connect_timeout=args.connect_timeout,
     )
     if args.json:
         print(json.dumps(replies, indent=2, ensure_ascii=False, default=str), file=out)

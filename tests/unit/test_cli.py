@@ -169,6 +169,17 @@ def test_the_secret_comes_from_the_environment_only(capsys, monkeypatch):
         main(["ctl", "list", "--topic", "t", "--secret", "x"])
 
 
+def test_ctl_gives_up_on_an_unreachable_broker_after_its_connect_timeout(capsys):
+    code = main(
+        ["ctl", "list", "--topic", "t", "--bootstrap-servers", "127.0.0.1:1"]
+        + ["--connect-timeout", "0.5"]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("comux: no Kafka broker answered at 127.0.0.1:1 within 0.5 s")
+    assert err.count("\n") == 1
+
+
 class Responder:
     """A stand-in instance on the mock cluster: answers every control message it reads."""
 
