@@ -11,13 +11,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from confluent_kafka import TopicPartition
-
 from .acts import Act, Acts
 from .batching import POLICIES, Allocator, Batch, BatchPool, Entry, Policy, frame_writer
 from .camera import Camera
 from .config import CAM_ID_PATTERN, TopicSchema, resolve_bootstrap_servers
-from .consuming import START, CameraConsumer, ConsumerSettings, DecodeWorker
+from .consuming import START, CameraConsumer, ConsumerSettings, DecodeWorker, commit_offset
 from .control import Control
 from .decoding import DecoderConfig, PixFmt
 from .errors import ConfigError, KafkaError, StateError, UnknownCameraError, UnknownIndexError
@@ -603,8 +601,7 @@ class Comux:
             if cam_id not in self._paused or camera is None:
                 return
             self._paused.discard(cam_id)
-            camera.join_batches()  # with the policy it had: update() may have changed it
-            consumer.pause(cam_id, False)
+            consumer.pause(cam_id, False)  # it joins the batches again if it is assigned
 
     def _disconnect(self, cam_id: str) -> None:
         self._paused.discard(cam_id)
@@ -715,11 +712,11 @@ class Comux:
             return
         producer.flush(10.0)  # the delivery reports decide which offsets are done
         points = [(c, c.ledger.commit_point()) for c in cameras if c.committable]
-        offsets = [TopicPartition(c.topic, 0, p) for c, p in points if p is not None]
+        offsets = [commit_offset(c.topic, p) for c, p in points if p is not None]
         if producer.commit_transaction(offsets, consumer.group_metadata()):
             for camera, point in points:
                 if point is not None:
-                    camera.ledger.committed = point
+                    camera.ledger.confirm(*point)
 
     def _before_revoke(self, cameras: list[Camera]) -> None:
         """Poll thread, before cameras move to another worker: their results go out first."""
@@ -756,6 +753,18 @@ class Comux:
         ledger = camera.ledger
         tracked = ledger.sending(index)
         on_error = self._on_delivery_error
+        keep: Callable[[], bool] | None = None
+        if self._producer.transactional:
+
+            def still_ours() -> bool:
+                # Its transaction was aborted on revocation: the camera's next owner reads the
+                # frame again, and its result is the one committed.
+                if camera.leaving:
+                    camera.revoked_sends += 1
+                    return False
+                return True
+
+            keep = still_ours
 
         def delivered(err: Any) -> None:
             if tracked:
@@ -764,17 +773,20 @@ class Comux:
                 on_error(cam_id, index, KafkaError(str(err), err.code()))
 
         try:
-            self._producer.send(
+            sent = self._producer.send(
                 self.produce_schema.topic(cam_id),
                 msg,
                 headers,
                 key=msg.key(),
                 on_delivery=delivered,
+                keep=keep,
             )
         except Exception:
             if tracked:
                 ledger.delivered(index, False)  # never committed past a result not sent
             raise
+        if not sent and tracked:
+            ledger.delivered(index, True)  # dropped on purpose: nothing to wait for
 
     def flush(self, timeout: float = 10.0) -> int:
         """Wait for the results sent so far; return how many are still undelivered."""

@@ -78,6 +78,10 @@ class Camera:
         self.user_paused = False
         self.armed = False  # max_offset_diff applies (from the start, or once caught up)
         self.assigned = False  # its partition is assigned to this process
+        # Set first thing on revocation: under exactly-once, results sent from then on belong
+        # to the next owner, which reads the frame again (``revoked_sends`` counts them).
+        self.leaving = False
+        self.revoked_sends = 0
         self._resetting = False  # revoked: the ledger is stale until the decoder has reset
         self.on_fetch: Callable[[Camera], None] | None = None  # asks the poll thread to resume
         self.last_packet_at = time.monotonic()
@@ -86,7 +90,9 @@ class Camera:
         self.end_offset = -1  # its partition's end as the last fetch saw it (poll thread)
         self.decode_seconds = 0.0  # time in the decoder, conversion into the rows included
         self.closed = False
-        self.rows: CameraRows = self._join()
+        # Out of the batches until its partition is assigned to this process: a camera that
+        # another worker of the group reads never takes a slot here.
+        self.rows = CameraRows(cam_id, -1, policy)
 
     def __repr__(self) -> str:
         return f"<Camera {self.cam_id!r} {self.policy} queued={len(self.inbox)}>"
@@ -258,6 +264,7 @@ class Camera:
         counters["awaiting_delivery"] = len(ledger)  # frames not done yet: in batches or sent
         counters["delivery_failed"] = ledger.delivery_failed
         counters["untracked_sends"] = ledger.untracked_sends
+        counters["revoked_sends"] = self.revoked_sends
         counters["decode_seconds"] = round(self.decode_seconds, 6)
         counters.update(self.lag())
         counters["assigned"] = self.assigned

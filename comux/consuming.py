@@ -35,6 +35,7 @@ from .camera import AGAIN, IDLE, QUEUED, RUNNING, Camera
 from .config import TopicSchema
 from .errors import BrokerUnavailableError
 from .logs import COUNT_REPEATS
+from .offsets import done_metadata, parse_done
 
 __all__ = [
     "CameraConsumer",
@@ -48,6 +49,14 @@ log = logging.getLogger("comux.consuming")
 _STOP = object()
 _PROBE_S = 3.0  # with no other sign of the broker for this long, ask it for metadata
 _PROBE_TIMEOUT_S = 0.2  # the poll thread waits at most this long on an unreachable broker
+_COMMITTED_TIMEOUT_S = 5.0  # reading the group's commits on assignment
+
+
+def commit_offset(topic: str, point: tuple[int, int]) -> TopicPartition:
+    """A ledger's commit point as Kafka takes it: the keyframe offset, the done point in its
+    metadata (comux/offsets.py)."""
+    offset, done = point
+    return TopicPartition(topic, 0, offset, metadata=done_metadata(done))
 
 
 START = ("end", "earliest", "committed")
@@ -317,6 +326,9 @@ class CameraConsumer:
         done = threading.Event()
 
         def apply() -> None:
+            # Here, not in the caller's thread: an assignment in between would miss it.
+            if not pause and camera.assigned and camera.rows.slot < 0 and not camera.closed:
+                camera.join_batches()  # with its policy now: update() may have changed it
             self._apply_pause(camera)
             done.set()
 
@@ -393,6 +405,7 @@ class CameraConsumer:
             # A partition this process already read (an eager rebalance) resumes where it was.
             tp.offset = self._next_fetch.get((tp.topic, tp.partition), start)
             taken.append(tp)
+        self._resume_done(consumer, taken)
         try:
             if self.settings.cooperative:
                 consumer.incremental_assign(taken)
@@ -406,11 +419,29 @@ class CameraConsumer:
         for camera in list(self._cameras.values()):
             if camera.topic not in topics:
                 continue
-            camera.assigned = True
+            camera.assigned, camera.leaving = True, False
             if camera.rows.slot < 0 and not camera.user_paused and not camera.closed:
                 camera.join_batches()  # it was revoked earlier: it joins the batches again
             if camera.fetch_paused or camera.user_paused:
                 self._apply_pause(camera)
+
+    def _resume_done(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Tell each decoder where the group's commit says results were delivered up to."""
+        done = {tp.topic: -1 for tp in partitions}
+        stored = [TopicPartition(tp.topic, 0) for tp in partitions if tp.offset == OFFSET_STORED]
+        if stored:
+            try:
+                for tp in consumer.committed(stored, timeout=_COMMITTED_TIMEOUT_S):
+                    done[tp.topic] = parse_done(tp.metadata) if tp.error is None else -1
+            except KafkaException as exc:
+                log.warning(
+                    "committed offsets not read (%s): the last partial GOP's results may come "
+                    "twice",
+                    exc,
+                )
+        for camera in list(self._cameras.values()):
+            if camera.topic in done:
+                camera.decoder.done_below = done[camera.topic]
 
     def _refuse(self, tp: TopicPartition) -> None:
         """A camera is one topic read in order by one process: partitions past 0 are left alone."""
@@ -431,6 +462,8 @@ class CameraConsumer:
         """
         self._rebalanced = True
         revoked = self._cameras_of(partitions)
+        for camera in revoked:
+            camera.leaving = True
         if revoked and self.before_revoke is not None:
             self.before_revoke(revoked)
         self._commit(revoked, asynchronous=False)
@@ -459,6 +492,7 @@ class CameraConsumer:
         forget: bool = True,
     ) -> None:
         for camera in cameras:
+            camera.leaving = True
             camera.assigned = False
             camera.revoked()
         if forget:  # another member reads them now: a later assignment starts afresh
@@ -481,11 +515,11 @@ class CameraConsumer:
             return
         offsets = []
         for camera in cameras:
-            point = camera.ledger.commit_point()
             ledger = camera.ledger
+            point = ledger.commit_point()
             if point is not None and point != ledger.requested and camera.committable:
                 ledger.requested = point
-                offsets.append(TopicPartition(camera.topic, 0, point))
+                offsets.append(commit_offset(camera.topic, point))
         if not offsets:
             return
         try:
@@ -511,9 +545,9 @@ class CameraConsumer:
             if camera is None:
                 continue
             if failed or tp.error is not None:
-                camera.ledger.requested = -1  # try again at the next round
-            elif tp.offset > camera.ledger.committed:
-                camera.ledger.committed = tp.offset
+                camera.ledger.requested = None  # try again at the next round
+            else:
+                camera.ledger.confirm(tp.offset, parse_done(tp.metadata))
 
     # -- running -----------------------------------------------------------------------------
 

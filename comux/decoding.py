@@ -104,6 +104,7 @@ class CameraStats:
     lag_dropped: int = 0
     lag_unread: int = 0
     rate_limited: int = 0
+    already_done: int = 0
     not_batched: int = 0
     last_error: str | None = None
     started: float = field(default_factory=time.monotonic)
@@ -168,6 +169,9 @@ class CameraDecoder:
         self.max_offset_diff: int | None = None  # set by the consumer; per camera via update
         self.skip_below = -1
         self._synced_to = -1
+        # Set on assignment from the group's commit: frames before it had their results
+        # delivered by the previous owner; decoded for their references, not handed out.
+        self.done_below = -1
         self.last_offset = -1
         self.gop = 0
         self.last_key_offset = -1
@@ -424,6 +428,9 @@ class CameraDecoder:
         self._left(msg.offset())
         t = self._clock() if seconds is None else seconds
         self._observe(t)
+        if msg.offset() < self.done_below:
+            self.stats.already_done += 1
+            return
         if self._await_keyframe:
             # Held by the decoder when a packet failed (see _fail): it may show broken pictures.
             self.stats.invalid_after_error += 1

@@ -64,6 +64,7 @@ SKIP_REASONS = (
     "skipped_not_due",
     "skipped_to_keyframe",
     "rate_limited",
+    "already_done",
     "lag_dropped",
     "lag_unread",
     "replaced",
@@ -87,6 +88,7 @@ CAMERA_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("stalled_seconds", "comux_stalled_seconds", "Seconds the camera was silent."),
     ("delivery_failed", "comux_delivery_failed", "Results of this camera Kafka did not take."),
     ("untracked_sends", "comux_untracked_sends", "send() calls after the model moved on."),
+    ("revoked_sends", "comux_revoked_sends", "Exactly-once: send() calls dropped, camera revoked."),
 )
 CAMERA_GAUGES: tuple[tuple[str, str, str], ...] = (
     ("lag_messages", "comux_consumer_lag_messages", "End offset minus the last offset decoded."),

@@ -8,7 +8,9 @@ order: ``min(oldest pending frame, decoder frontier)``. A delivery report alone 
 
 A commit lands on a keyframe: the GOP start at or before that point. A process that resumes
 from the commit decodes the GOP from its keyframe; resuming mid-GOP would lose every frame up
-to the next keyframe. The price is duplicates from the last partial GOP, never a gap.
+to the next keyframe. The done point itself goes with the commit, as its metadata
+(:func:`done_metadata`): the process that resumes decodes the frames before it for their
+references only, so results already delivered are not produced twice.
 """
 
 from __future__ import annotations
@@ -18,9 +20,26 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["OffsetLedger"]
+__all__ = ["OffsetLedger", "done_metadata", "parse_done"]
 
 _KEYFRAMES = 32  # GOP starts remembered: the commit point is never further behind than that
+_DONE = "comux-done="
+
+
+def done_metadata(done: int) -> str:
+    """A commit's metadata: the first offset whose result was not delivered."""
+    return f"{_DONE}{done}"
+
+
+def parse_done(metadata: str | None) -> int:
+    """The done offset a commit's metadata carries; -1 when it carries none (another tool's
+    commit, or an older comux's)."""
+    if metadata and metadata.startswith(_DONE):
+        try:
+            return int(metadata[len(_DONE) :])
+        except ValueError:
+            pass
+    return -1
 
 
 @dataclass
@@ -48,7 +67,8 @@ class OffsetLedger:
         self.frontier = -1
         self._keyframes: deque[int] = deque(maxlen=_KEYFRAMES)  # recent keyframe offsets
         self.committed = -1  # the last offset committed (the next one to read)
-        self.requested = -1  # the last offset a commit was asked for
+        self.committed_done = -1  # and the done point that went with it
+        self.requested: tuple[int, int] | None = None  # the last commit asked for
         self.delivery_failed = 0
         self.untracked_sends = 0  # sends after the model had moved past the frame
 
@@ -119,16 +139,22 @@ class OffsetLedger:
         if entry.acked and entry.sends <= 0 and not entry.failed:
             del self._pending[offset]
 
-    def commit_point(self) -> int | None:
-        """The offset to commit (the next one to read), or None when nothing new is done."""
+    def commit_point(self) -> tuple[int, int] | None:
+        """The offset to commit (the next one to read) and the done point, or None when nothing
+        new is done."""
         with self._lock:
-            point = min(min(self._pending, default=self.frontier), self.frontier)
+            done = min(min(self._pending, default=self.frontier), self.frontier)
             # The GOP start at or before it (a commit on a keyframe itself stays where it is).
-            i = bisect.bisect_right(self._keyframes, point)
+            i = bisect.bisect_right(self._keyframes, done)
             if i == 0:
                 return None  # no keyframe known before it: resuming there would lose frames
             point = self._keyframes[i - 1]
-        return point if point > self.committed else None
+        return (point, done) if done > self.committed_done else None
+
+    def confirm(self, offset: int, done: int) -> None:
+        """A commit of ``offset`` with its done point landed."""
+        self.committed = max(self.committed, offset)
+        self.committed_done = max(self.committed_done, done)
 
     def reset(self) -> None:
         """Forget everything: the camera's partition was revoked or it starts again."""
@@ -136,5 +162,5 @@ class OffsetLedger:
             self._pending.clear()
             self.frontier = -1
             self._keyframes.clear()
-            self.committed = -1
-            self.requested = -1
+            self.committed = self.committed_done = -1
+            self.requested = None

@@ -197,10 +197,13 @@ class ResultProducer:
         key: bytes | None = None,
         timeout: float = 10.0,
         on_delivery: Delivered | None = None,
-    ) -> None:
+        keep: Callable[[], bool] | None = None,
+    ) -> bool:
         """Produce ``source``'s value to ``topic`` with its headers, provenance and ``headers``.
 
-        A full local queue is waited on (up to ``timeout``), never dropped.
+        A full local queue is waited on (up to ``timeout``), never dropped. ``keep`` is asked
+        under the transaction lock, so that its answer holds against a concurrent
+        :meth:`abort`: False drops the result (and returns False).
         """
         out: list[tuple[str, str | bytes | None]] = [
             (name, value)
@@ -214,6 +217,8 @@ class ResultProducer:
         ]
         out += encode_headers(headers)
         with self._txn_lock:  # a result goes into the transaction open now, never between two
+            if keep is not None and not keep():
+                return False
             self._begin()
             kafka.produce_waiting(
                 self._producer,
@@ -225,6 +230,7 @@ class ResultProducer:
                 timeout=timeout,
             )
             self.sent += 1
+        return True
 
     def _begin(self) -> None:
         if self.transactional and not self._in_transaction:

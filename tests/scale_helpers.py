@@ -29,6 +29,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from comux.media import EncodedPacket, synthetic_packets
+from comux.offsets import parse_done
 from tests.fleet_helpers import create_topics, poll_until, wait_until
 
 __all__ = [
@@ -100,9 +101,11 @@ class Scenario:
         )
 
     def committed(self, cams: Iterable[str] | None = None) -> dict[str, int]:
+        """Where the group's commit says each camera is done: the done point of its metadata,
+        else (no commit by comux) the committed offset; negative when there is no commit."""
         cams = list(self.cams if cams is None else cams)
-        by_topic = committed_offsets(self.bootstrap, self.group, [self.raw(c) for c in cams])
-        return {c: by_topic[self.raw(c)] for c in cams}
+        points = committed_points(self.bootstrap, self.group, [self.raw(c) for c in cams])
+        return {c: max(points[self.raw(c)]) for c in cams}
 
     def outputs(self) -> list[Out]:
         return read_outputs(self.bootstrap, [self.out(c) for c in self.cams])
@@ -265,6 +268,7 @@ class WorkerProc:
         commit_interval: float = 1.0,
         options: Mapping[str, Any] | None = None,
         log_dir: Path | None = None,
+        transactional: bool = False,
     ) -> None:
         self.name = name
         self.stopping = False  # SIGTERM sent
@@ -278,6 +282,8 @@ class WorkerProc:
         ]  # fmt: skip
         if instance_id is not None:
             command += ["--instance-id", instance_id]
+        if transactional:
+            command += ["--transactional-id", f"scale{scenario.uid}-{name}"]
         for key, value in (options or {}).items():
             command += ["--option", f"{key}={value}"]
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -417,10 +423,18 @@ def _reader(bootstrap: str, group: str | None = None) -> Consumer:
 
 def committed_offsets(bootstrap: str, group: str, topics: Iterable[str]) -> dict[str, int]:
     """The group's committed offset of partition 0 of each topic (-1001 when none)."""
+    return {t: offset for t, (offset, _) in committed_points(bootstrap, group, topics).items()}
+
+
+def committed_points(
+    bootstrap: str, group: str, topics: Iterable[str]
+) -> dict[str, tuple[int, int]]:
+    """The group's commit of partition 0 of each topic: (offset, the done point its metadata
+    carries, -1 when none)."""
     consumer = _reader(bootstrap, group)  # asks the coordinator; never joins the group
     try:
         tps = consumer.committed([TopicPartition(t, 0) for t in topics], timeout=10)
-        return {tp.topic: tp.offset for tp in tps}
+        return {tp.topic: (tp.offset, parse_done(tp.metadata)) for tp in tps}
     finally:
         consumer.close()
 
@@ -479,7 +493,8 @@ class Out:
 
 
 def read_outputs(bootstrap: str, topics: Iterable[str], timeout: float = 30.0) -> list[Out]:
-    """Every message of the single-partition ``topics``, from the start to the high watermark."""
+    """Every message of the single-partition ``topics``, from the start to the high watermark
+    (committed ones only: read_committed is librdkafka's default)."""
     topics = list(topics)
     consumer = _reader(bootstrap)
     try:
@@ -503,8 +518,10 @@ def read_outputs(bootstrap: str, topics: Iterable[str], timeout: float = 30.0) -
                     continue
                 headers = tuple((k, v or b"") for k, v in msg.headers() or ())
                 out.append(Out(topic, msg.offset(), msg.key(), msg.value(), headers))
-                if msg.offset() + 1 >= highs[topic]:
-                    left.discard(topic)
+            # The position, not the last message: transaction markers take offsets too.
+            for tp in consumer.position([TopicPartition(t, 0) for t in sorted(left)]):
+                if tp.offset >= highs[tp.topic]:
+                    left.discard(tp.topic)
         return out
     finally:
         consumer.close()

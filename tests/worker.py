@@ -1,7 +1,8 @@
 """A comux worker in a process of its own, for tests/integration/test_scale_out.py.
 
 ``python -m tests.worker --bootstrap HOST:PORT --group G --cams a,b,c [--instance-id X]
-[--start committed] [--policy fifo|latest] [--model-delay S] [--hold-seconds S] [--option k=v]``
+[--start committed] [--policy fifo|latest] [--model-delay S] [--hold-seconds S] [--option k=v]
+[--transactional-id T]``
 
 It builds a Comux, consumes, and calls ``get_batch(stacked=True)`` in a loop like a model would,
 sending ``{"worker": X}`` for every valid frame. It talks to the parent through JSON lines on
@@ -11,7 +12,8 @@ stdout, each with ``t`` (``time.time()``):
 - ``{"event": "assignment", "cams": [...]}`` whenever the set of cameras whose partition this
   process holds changes; ``{"event": "cam_first", "cam", "offset"}`` for the first frame of a
   camera after it was (re)assigned;
-- ``{"event": "batch", "cams": [...], "offsets": {cam: offset}}`` (valid frames only), at most
+- ``{"event": "batch", "cams": [...], "offsets": {cam: offset}, "slots": [...]}`` (valid frames
+  only; ``slots``: the batch's cam_ids, valid or not), at most
   four a second, and for every batch that was held; ``{"event": "committed", "offsets"}`` with
   them when what this process committed (``stats()[cam]["committed"]``) changed;
 - SIGUSR1 asks it to hold the next batch with a valid frame for ``--hold-seconds`` before sending
@@ -77,6 +79,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-wait", type=float, default=0.2)
     p.add_argument("--commit-interval", type=float, default=1.0)
     p.add_argument("--decode-threads", type=int, default=1)
+    p.add_argument("--transactional-id", default=None, help="exactly-once results")
     p.add_argument("--option", type=_option, action="append", default=[], help="librdkafka k=v")
     return p.parse_args(argv)
 
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     cameras.setup_decoders(
         rate=None, W=args.width, H=args.height, policy=args.policy, max_wait=args.max_wait
     )
-    cameras.setup_producer(args.bootstrap)
+    cameras.setup_producer(args.bootstrap, transactional_id=args.transactional_id)
     assignment = Assignment(cameras)
     cameras.start()
     assignment.start()
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         held = hold_next.is_set()
         if held or now - last_print >= 0.25:
             last_print = now
-            emit("batch", cams=sorted(offsets), offsets=offsets)
+            emit("batch", cams=sorted(offsets), offsets=offsets, slots=list(batch.cam_ids))
             committed = {c: s.get("committed") for c, s in cameras.stats().items()}
             if committed != last_committed:
                 last_committed = committed
@@ -225,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         frames=frames,
         committed={c: s.get("committed") for c, s in stats.items()},
         untracked_sends={c: s.get("untracked_sends") for c, s in stats.items()},
+        revoked_sends={c: s.get("revoked_sends") for c, s in stats.items()},
     )
     return 0
 

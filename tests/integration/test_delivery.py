@@ -17,7 +17,7 @@ from comux.media import synthetic_packets
 from comux.publish import publish
 from comux.results import SOURCE_HEADERS
 from tests.fleet_helpers import unique, wait_until
-from tests.scale_helpers import committed_offsets
+from tests.scale_helpers import committed_offsets, committed_points
 
 CLIP = list(synthetic_packets(160, 120, 60, fps=25, gop=10, bframes=2))
 
@@ -108,22 +108,26 @@ def test_a_backlog_resumed_from_the_committed_offset_loses_no_frame(kafka_broker
         wait_until(lambda: first.stats()[cam]["committed"] > 0, 10, lambda: str(first.stats()))
     finally:
         assert first.close(10) == 0
-    resumed_at = committed(bootstrap, group, f"raw.{cam}")
-    assert 0 < resumed_at < len(CLIP)
+    resumed_at, done = committed_points(bootstrap, group, [f"raw.{cam}"])[f"raw.{cam}"]
+    assert 0 < resumed_at <= done < len(CLIP)
     assert CLIP[resumed_at].keyframe  # a restart decodes from a keyframe: no gap
 
     second = worker(bootstrap, cam, group)
     try:
-        again = run_model(second, lambda sent: set(range(resumed_at, len(CLIP))) <= sent)
+        again = run_model(second, lambda sent: set(range(done, len(CLIP))) <= sent)
+        already = second.stats()[cam]["already_done"]
     finally:
         assert second.close(10) == 0
-    assert min(again) >= resumed_at
+    # Frames between the keyframe and the done point are decoded, for their references, and
+    # not handed out again: their results were delivered before the commit.
+    assert min(again) == done
+    assert already == done - resumed_at
 
     results = by_offset(read_all(bootstrap, f"out.{cam}"))
     assert sorted(results) == list(range(len(CLIP)))  # every frame has its result
     for offset, copies in results.items():
         if len(copies) > 1:
-            assert offset >= resumed_at  # duplicates only from the uncommitted stretch
+            assert offset >= done  # duplicates only from the uncommitted stretch
             assert all(c == copies[0] for c in copies)  # with identical provenance
 
 

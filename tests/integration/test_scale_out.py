@@ -5,12 +5,13 @@ with its own topics and group, and checks what "nothing lost" means for a group 
 only what was delivered:
 
 - every input offset from a camera's first result (a keyframe: what came before it is
-  explained, decoding starts at a keyframe) up to the offset committed has its result on the
-  output topic: a commit never passes an undelivered result;
-- copies of one result (a restart re-decodes from the committed keyframe) carry identical
-  provenance: the same packet, original headers and comux-source-* headers;
-- a worker that takes cameras over resumes at the committed offset, so there is no gap between
-  the last result of the worker that had them and its own first.
+  explained, decoding starts at a keyframe) up to the commit's done point (its metadata; the
+  offset itself is that GOP's keyframe) has its result on the output topic: a commit never
+  passes an undelivered result;
+- copies of one result (results delivered after the last commit are produced again) carry
+  identical provenance: the same packet, original headers and comux-source-* headers;
+- a worker that takes cameras over hands out frames from the commit's done point on, so there
+  is no gap between the last result of the worker that had them and its own first.
 
 The tests: (a) two workers split eight live cameras 4 + 4, one is killed with -9 and the
 survivor takes its cameras over within the session timeout; (b) a worker killed between
@@ -318,6 +319,13 @@ def test_two_workers_split_and_survivor_takes_over(kafka_broker, procs: Procs) -
     cams1, cams2 = got
     settled = time.time() - t0
     assert (len(cams1), len(cams2)) == (4, 4), f"split {sorted(cams1)} + {sorted(cams2)}"
+    # Both were given all eight ids: a camera the other worker reads takes no slot.
+    t_split = time.time()
+    for w, cams in ((w1, cams1), (w2, cams2)):
+        last = wait_until(
+            lambda w=w: w.of("batch", since=t_split), 10, lambda: "no batch", interval=0.1
+        )
+        assert set(last[-1]["slots"]) == cams, f"{w.name}'s batch slots {last[-1]['slots']}"
     dead = sorted(cams2)
 
     def own_commits() -> bool:  # a2 committed its cameras itself (not only a1 before the split)
@@ -528,14 +536,11 @@ def test_rebalance_while_a_batch_is_in_hand(kafka_broker, procs: Procs) -> None:
     # d2 starts each camera where d1 committed when it let it go: never past the held frame,
     # whose result was not delivered yet (it was sent after the revocation).
     passed = {c: (taken[c], held[c]) for c in revoked if taken[c] > held[c]}
-    # Everything before the held frame was acked and delivered (flushed on revocation), so the
-    # commit made on revocation is the keyframe at or before the held frame.
-    on_revoke = {c: held[c] // GOP * GOP for c in revoked}
     lost = check_nothing_lost(sc, results, final)
     print(
         f"\n[scale d] d1 held a batch {held} for 6 s (committed then {before}); revoked "
-        f"meanwhile {revoked}; d2 started them at { {c: taken[c] for c in revoked} } (a commit "
-        f"on revocation gives {on_revoke}); results sent after the revocation delivered: "
+        f"meanwhile {revoked}; d2's first frames { {c: taken[c] for c in revoked} } (a commit "
+        f"on revocation gives the held frames); results sent after the revocation delivered: "
         f"{len(held) - len(undelivered)}/{len(held)}; untracked sends "
         f"{closed[0]['untracked_sends']}; duplicates {lost['duplicates']}\n"
         f"  {timeline(holding['t'], w1, w2)}"
@@ -544,12 +549,59 @@ def test_rebalance_while_a_batch_is_in_hand(kafka_broker, procs: Procs) -> None:
     assert not passed, f"committed past the held (undelivered) frame: (start, held) {passed}"
     errors = w1.errors() + w2.errors()
     assert not errors and all(c["undelivered"] == 0 for c in closed), (errors[:3], closed)
+    # Everything before the held frame was acked and delivered (flushed on revocation), so the
+    # commit made on revocation is the keyframe at or before the held frame, done up to the held
+    # frame: d2 decodes from the keyframe and hands out from the held frame on.
     resumed = {c: taken[c] for c in revoked}
-    assert resumed == on_revoke, (
+    assert resumed == {c: held[c] for c in revoked}, (
         f"d1 did not commit its revoked cameras when it let them go: d2 resumed at {resumed}, "
         f"the periodic commit before the rebalance was {before}; a commit on revocation "
-        f"(everything before the held frames {held} was delivered) is {on_revoke}"
+        f"(everything before the held frames {held} was delivered) resumes at the held frames"
     )
+
+
+def test_exactly_once_through_a_rebalance_with_a_batch_in_hand(kafka_broker, procs: Procs) -> None:
+    """(d) with transactional workers: read_committed readers see one result per offset."""
+    sc = Scenario(kafka_broker.bootstrap, [f"c{i}" for i in range(4)])
+    sc.create_topics()
+    pub = procs.publisher(sc)
+    pub.wait_flowing()
+    w1 = procs.worker(sc, name="x1", hold_seconds=6.0, transactional=True)
+    wait_frames(w1, sc.cams)
+    wait_committed(sc, sc.cams)
+    w1.signal(signal.SIGUSR1)
+    holding = w1.wait("holding", 10)
+    w2 = procs.worker(sc, name="x2", transactional=True)
+    sent = w1.wait("sent", 20)
+    revoked = sent["revoked_in_hand"]
+    assert revoked, f"no camera of the held batch was revoked: x2 has {w2.of('assignment')}"
+    wait_frames(w2, revoked)
+    held = {c: int(o) for c, o in holding["offsets"].items()}
+    taken = {c: o for c, o in first_offsets(w2).items() if c in revoked}
+    wait_worker_committed(w2, taken)
+    for w in (w1, w2):
+        w.signal(signal.SIGTERM)
+    closed = [w1.terminate(), w2.terminate()]
+    pub.stop()
+
+    final = sc.committed()
+    results = sc.results()
+    lost = check_nothing_lost(sc, results, final)
+    twice = {c: duplicates(results[c]) for c in sc.cams if duplicates(results[c])}
+    print(
+        f"\n[scale d, exactly-once] x1 held {held}; revoked meanwhile {revoked}; x2's first "
+        f"frames {taken}; sends dropped as revoked {closed[0]['revoked_sends']}; offsets with "
+        f"two committed results {lost['duplicates']}\n  {timeline(holding['t'], w1, w2)}"
+    )
+    errors = w1.errors() + w2.errors()
+    assert not errors, errors[:3]
+    # The held frames' results, sent after their cameras were revoked, are dropped: x2 reads
+    # those frames again, and x1's next transaction would have committed them a second time.
+    assert closed[0]["revoked_sends"] == {c: int(c in revoked) for c in sc.cams}
+    # x2 resumes at the first frame x1 did not commit a result for: the held one. Decoding
+    # starts at its GOP's keyframe, but the frames x1 finished are not handed out again.
+    assert taken == {c: held[c] for c in revoked}
+    assert not twice, f"offsets with more than one committed result: {twice}"
 
 
 # -- e) a model slower than max.poll.interval.ms -------------------------------------------------

@@ -111,12 +111,12 @@ def test_default_policy_follows_where_consuming_starts():
             )
             cameras.setup_decoders(W=64, H=64)
             cameras.start()
-            assert cameras._pool.rows("a").policy == policy
+            assert cameras._cameras["a"].policy == policy
     with Comux(["a"]) as cameras:  # an explicit policy wins
         cameras.setup_consumers("127.0.0.1:1", end=False, strict_on_fail=False, connect_timeout=0.1)
         cameras.setup_decoders(W=64, H=64, policy="latest")
         cameras.start()
-        assert cameras._pool.rows("a").policy == "latest"
+        assert cameras._cameras["a"].policy == "latest"
 
 
 def test_close_returns_within_its_timeout_while_a_model_waits():
@@ -168,7 +168,7 @@ def test_a_committed_start_defaults_to_fifo_and_configures_the_group():
         )
         cameras.setup_decoders(W=64, H=64)
         cameras.start()
-        assert cameras._pool.rows("a").policy == "fifo"
+        assert cameras._cameras["a"].policy == "fifo"
         config = cameras._consumer.settings.librdkafka_config()
         assert config["group.id"] == "fleet"
         assert config["group.instance.id"] == "worker-1"

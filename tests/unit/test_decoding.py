@@ -148,6 +148,19 @@ def test_skip_below_drops_and_counts_then_waits_for_keyframe(small_video):
     assert all(i < 5 or i >= keys[0] for i, _ in sink.items)
 
 
+def test_frames_done_before_the_commit_are_decoded_for_their_references_only(small_video):
+    # A resume from the keyframe at 20 whose commit says frames up to 24 were done already.
+    dec, sink = decoder()
+    dec.done_below = 25
+    for msg in messages(small_video)[20:]:
+        dec.decode(msg)
+    dec.flush()
+    assert sorted(i for i, _ in sink.items) == list(range(25, 60))
+    assert dec.stats.already_done == 5
+    for index, array in sink.items:  # the P- and B-frames after 25 decode against 20..24
+        assert array is not None and read_frame_number(array) == small_video[index].pts
+
+
 @pytest.mark.parametrize(
     "kw",
     [{"rate": 0}, {"width": 321}, {"height": -2}, {"codec": "vp9"}, {"pix_fmt": "rgba"}],

@@ -245,7 +245,10 @@ def test_a_real_comux_scrape_equals_its_stats():
             m._offset = i
         for cam_id, msgs in (("a", messages(clip)), ("b", b_msgs)):
             camera = cameras._cameras[cam_id]
-            camera.end_offset = len(msgs) + 10  # what the poll thread reads from the fetches
+            # What the poll thread does on assignment and reads from the fetches.
+            camera.assigned = True
+            camera.join_batches()
+            camera.end_offset = len(msgs) + 10
             for m in msgs:
                 m._topic = f"raw.{cam_id}"
                 camera.offer(m)
@@ -280,7 +283,7 @@ def test_a_real_comux_scrape_equals_its_stats():
         assert stats["b"]["decode_errors"] == 1 and stats["b"]["empty_packets"] == 1
         assert got[("comux_batches_total", ())] == totals["batches"] > 0
         assert got[("comux_batch_wait_seconds_count", ())] == totals["batches"]
-        assert http_get(server.url + "/readyz") == (503, "no camera partition assigned yet\n")
+        assert http_get(server.url + "/readyz") == (503, "the broker never answered\n")
         cameras.close()
         assert http_get(server.url + "/readyz") == (503, "closed\n")
         server.close()
