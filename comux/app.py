@@ -622,13 +622,21 @@ class Comux:
     def get(self, cam_id: str, timeout: float | None = None) -> Entry | None:
         """Return ``(cam_id, index, frame or None)`` of the camera's next frame, or None on timeout.
 
-        The frame is a copy, and it leaves the camera's slot of the next batch empty.
+        The frame is a copy, and it leaves the camera's slot of the next batch empty. A camera
+        whose partition is not assigned to this process (yet) gives None after ``timeout``.
         """
         self._known(cam_id)
-        if self._pool is None or cam_id not in self._pool:
+        pool = self._pool
+        if pool is None or not self._started:
             raise StateError(f"camera {cam_id!r} is not connected: call start() first")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not pool.wait_joined(cam_id, timeout):
+            return None
         self._move_on()
-        entry = self._pool.take(cam_id, timeout)
+        try:
+            entry = pool.take(cam_id, None if deadline is None else deadline - time.monotonic())
+        except UnknownCameraError:  # revoked or paused meanwhile
+            return None
         camera = self._cameras.get(cam_id)
         if entry is not None and camera is not None:
             self._in_hand = [(camera, entry[1])]

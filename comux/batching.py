@@ -166,6 +166,12 @@ class CameraRows:
         self.in_batches = 0
         self.invalid_in_batches = 0
 
+    def carry_counters(self, old: CameraRows) -> None:
+        """Take over the counts of the rows this camera had before it left the batches."""
+        self.replaced, self.stale = old.replaced, old.stale
+        self.stalls, self.stalled_seconds = old.stalls, old.stalled_seconds
+        self.in_batches, self.invalid_in_batches = old.in_batches, old.invalid_in_batches
+
     def counters(self) -> dict[str, Any]:
         stalled = self.stalled_seconds
         if self.silent and self.last_frame_at is not None:
@@ -429,6 +435,7 @@ class BatchPool:
             with self._cond:
                 self._rows[cam_id] = rows
                 self._order.append(rows)
+                self._cond.notify_all()
             return rows
 
     def remove(self, cam_id: str) -> None:
@@ -468,6 +475,11 @@ class BatchPool:
 
     def __contains__(self, cam_id: str) -> bool:
         return cam_id in self._rows
+
+    def wait_joined(self, cam_id: str, timeout: float | None) -> bool:
+        """Wait until ``cam_id`` has rows (its camera joins once its partition is assigned)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: cam_id in self._rows, timeout)
 
     # -- writing (decoder threads) -----------------------------------------------------------
 

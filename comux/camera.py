@@ -99,6 +99,8 @@ class Camera:
 
     def _join(self) -> CameraRows:
         rows = self.pool.add(self.cam_id, self.policy)
+        if rows is not self.rows:
+            rows.carry_counters(self.rows)  # they run on across a pause or a rebalance
         rows.on_room = self.wake
         rows.on_replaced = self.ledger.drop
         self.decoder.demand = self.pool.next_take if self.policy == "latest" else None

@@ -27,6 +27,7 @@ Every test prints what it measured (``pytest -s``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import time
 from collections.abc import Iterator
@@ -485,6 +486,41 @@ def test_static_member_replacement_takes_over_at_once(kafka_broker, procs: Procs
 # -- d) a rebalance while the model holds a batch ------------------------------------------------
 
 
+@dataclasses.dataclass
+class HeldThroughRebalance:
+    second: WorkerProc
+    t: float  # when the hold started
+    before: dict[str, int]  # the group's commits then
+    held: dict[str, int]  # the held batch's offsets
+    revoked: list[str]  # cameras of the held batch revoked while it was held
+    taken: dict[str, int]  # the second worker's first frame of each of them
+    closed: list[dict[str, Any]]  # both workers' ``closed`` events
+
+
+def hold_through_a_rebalance(
+    sc: Scenario, procs: Procs, first: WorkerProc, second: str, **options: Any
+) -> HeldThroughRebalance:
+    """``first`` holds its next batch while worker ``second`` joins and takes cameras of it;
+    both are stopped once ``second`` committed those cameras past where it started."""
+    first.signal(signal.SIGUSR1)
+    holding = first.wait("holding", 10)
+    before = sc.committed()
+    w2 = procs.worker(sc, name=second, **options)
+    revoked = first.wait("sent", 20)["revoked_in_hand"]
+    assert revoked, (
+        f"no camera of the held batch was revoked while it was held: {second}'s assignments "
+        f"{w2.of('assignment')}, {first.name}'s {first.of('assignment')}"
+    )
+    wait_frames(w2, revoked)
+    taken = {c: o for c, o in first_offsets(w2).items() if c in revoked}
+    wait_worker_committed(w2, taken)
+    for w in (first, w2):
+        w.signal(signal.SIGTERM)
+    closed = [first.terminate(), w2.terminate()]
+    held = {c: int(o) for c, o in holding["offsets"].items()}
+    return HeldThroughRebalance(w2, holding["t"], before, held, revoked, taken, closed)
+
+
 def test_rebalance_while_a_batch_is_in_hand(kafka_broker, procs: Procs) -> None:
     sc = Scenario(kafka_broker.bootstrap, [f"c{i}" for i in range(4)])
     sc.create_topics()
@@ -506,56 +542,32 @@ def test_rebalance_while_a_batch_is_in_hand(kafka_broker, procs: Procs) -> None:
         lambda: f"d1 at {w1.last_offsets()}, not a GOP past the commit {sc.committed()}",
         interval=0.3,
     )
-    w1.signal(signal.SIGUSR1)
-    holding = w1.wait("holding", 10)
-    before = sc.committed()
-    w2 = procs.worker(sc, name="d2")
-    sent = w1.wait("sent", 20)
-    revoked = sent["revoked_in_hand"]
-    assert revoked, (
-        f"no camera of the held batch was revoked while it was held: d2's assignments "
-        f"{w2.of('assignment')}, d1's {w1.of('assignment')}"
-    )
-    wait_frames(w2, revoked)
-    taken: dict[str, int] = {}
-    for e in w2.of("cam_first"):  # the first time d2 got each camera
-        taken.setdefault(e["cam"], e["offset"])
-    # d2 goes on with what it took: it committed each revoked camera past where it started.
-    wait_worker_committed(w2, {c: taken[c] for c in revoked})
-    for w in (w1, w2):
-        w.signal(signal.SIGTERM)
-    closed = [w1.terminate(), w2.terminate()]
+    run = hold_through_a_rebalance(sc, procs, w1, "d2")
     pub.stop()
+    w2, held = run.second, run.held
 
-    final = sc.committed()
     results = sc.results()
-    held = {c: int(o) for c, o in holding["offsets"].items()}
     undelivered = [
         (c, o) for c, o in held.items() if not any(r.worker == "d1" for r in results[c].get(o, []))
     ]
-    # d2 starts each camera where d1 committed when it let it go: never past the held frame,
-    # whose result was not delivered yet (it was sent after the revocation).
-    passed = {c: (taken[c], held[c]) for c in revoked if taken[c] > held[c]}
-    lost = check_nothing_lost(sc, results, final)
+    lost = check_nothing_lost(sc, results, sc.committed())
     print(
-        f"\n[scale d] d1 held a batch {held} for 6 s (committed then {before}); revoked "
-        f"meanwhile {revoked}; d2's first frames { {c: taken[c] for c in revoked} } (a commit "
-        f"on revocation gives the held frames); results sent after the revocation delivered: "
-        f"{len(held) - len(undelivered)}/{len(held)}; untracked sends "
-        f"{closed[0]['untracked_sends']}; duplicates {lost['duplicates']}\n"
-        f"  {timeline(holding['t'], w1, w2)}"
+        f"\n[scale d] d1 held a batch {held} for 6 s (committed then {run.before}); revoked "
+        f"meanwhile {run.revoked}; d2's first frames {run.taken}; results sent after the "
+        f"revocation delivered: {len(held) - len(undelivered)}/{len(held)}; untracked sends "
+        f"{run.closed[0]['untracked_sends']}; duplicates {lost['duplicates']}\n"
+        f"  {timeline(run.t, w1, w2)}"
     )
     assert not undelivered, f"results sent after the revocation not on the output: {undelivered}"
-    assert not passed, f"committed past the held (undelivered) frame: (start, held) {passed}"
     errors = w1.errors() + w2.errors()
-    assert not errors and all(c["undelivered"] == 0 for c in closed), (errors[:3], closed)
+    assert not errors and all(c["undelivered"] == 0 for c in run.closed), (errors[:3], run.closed)
     # Everything before the held frame was acked and delivered (flushed on revocation), so the
     # commit made on revocation is the keyframe at or before the held frame, done up to the held
-    # frame: d2 decodes from the keyframe and hands out from the held frame on.
-    resumed = {c: taken[c] for c in revoked}
-    assert resumed == {c: held[c] for c in revoked}, (
-        f"d1 did not commit its revoked cameras when it let them go: d2 resumed at {resumed}, "
-        f"the periodic commit before the rebalance was {before}; a commit on revocation "
+    # frame: d2 decodes from the keyframe and hands out from the held frame on. Never past it:
+    # its result was not delivered yet (it was sent after the revocation).
+    assert run.taken == {c: held[c] for c in run.revoked}, (
+        f"d1 did not commit its revoked cameras when it let them go: d2 resumed at {run.taken}, "
+        f"the periodic commit before the rebalance was {run.before}; a commit on revocation "
         f"(everything before the held frames {held} was delivered) resumes at the held frames"
     )
 
@@ -569,38 +581,26 @@ def test_exactly_once_through_a_rebalance_with_a_batch_in_hand(kafka_broker, pro
     w1 = procs.worker(sc, name="x1", hold_seconds=6.0, transactional=True)
     wait_frames(w1, sc.cams)
     wait_committed(sc, sc.cams)
-    w1.signal(signal.SIGUSR1)
-    holding = w1.wait("holding", 10)
-    w2 = procs.worker(sc, name="x2", transactional=True)
-    sent = w1.wait("sent", 20)
-    revoked = sent["revoked_in_hand"]
-    assert revoked, f"no camera of the held batch was revoked: x2 has {w2.of('assignment')}"
-    wait_frames(w2, revoked)
-    held = {c: int(o) for c, o in holding["offsets"].items()}
-    taken = {c: o for c, o in first_offsets(w2).items() if c in revoked}
-    wait_worker_committed(w2, taken)
-    for w in (w1, w2):
-        w.signal(signal.SIGTERM)
-    closed = [w1.terminate(), w2.terminate()]
+    run = hold_through_a_rebalance(sc, procs, w1, "x2", transactional=True)
     pub.stop()
+    w2 = run.second
 
-    final = sc.committed()
     results = sc.results()
-    lost = check_nothing_lost(sc, results, final)
+    lost = check_nothing_lost(sc, results, sc.committed())
     twice = {c: duplicates(results[c]) for c in sc.cams if duplicates(results[c])}
     print(
-        f"\n[scale d, exactly-once] x1 held {held}; revoked meanwhile {revoked}; x2's first "
-        f"frames {taken}; sends dropped as revoked {closed[0]['revoked_sends']}; offsets with "
-        f"two committed results {lost['duplicates']}\n  {timeline(holding['t'], w1, w2)}"
+        f"\n[scale d, exactly-once] x1 held {run.held}; revoked meanwhile {run.revoked}; x2's "
+        f"first frames {run.taken}; sends dropped as revoked {run.closed[0]['revoked_sends']}; "
+        f"offsets with two committed results {lost['duplicates']}\n  {timeline(run.t, w1, w2)}"
     )
     errors = w1.errors() + w2.errors()
     assert not errors, errors[:3]
     # The held frames' results, sent after their cameras were revoked, are dropped: x2 reads
     # those frames again, and x1's next transaction would have committed them a second time.
-    assert closed[0]["revoked_sends"] == {c: int(c in revoked) for c in sc.cams}
+    assert run.closed[0]["revoked_sends"] == {c: int(c in run.revoked) for c in sc.cams}
     # x2 resumes at the first frame x1 did not commit a result for: the held one. Decoding
     # starts at its GOP's keyframe, but the frames x1 finished are not handed out again.
-    assert taken == {c: held[c] for c in revoked}
+    assert run.taken == {c: run.held[c] for c in run.revoked}
     assert not twice, f"offsets with more than one committed result: {twice}"
 
 

@@ -119,6 +119,17 @@ def test_default_policy_follows_where_consuming_starts():
         assert cameras._cameras["a"].policy == "latest"
 
 
+def test_a_camera_not_assigned_yet_has_no_slot_and_get_times_out():
+    with Comux(["a"]) as cameras:
+        cameras.setup_consumers("127.0.0.1:1", strict_on_fail=False, connect_timeout=0.1)
+        cameras.setup_decoders(W=64, H=64)
+        with pytest.raises(StateError, match="call start"):
+            cameras.get("a", timeout=0)
+        cameras.start()
+        assert "a" not in cameras._pool
+        assert cameras.get("a", timeout=0.05) is None
+
+
 def test_close_returns_within_its_timeout_while_a_model_waits():
     cameras = Comux(["a"])
     cameras.setup_consumers("127.0.0.1:1", strict_on_fail=False, connect_timeout=0.1)
