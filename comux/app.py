@@ -727,16 +727,20 @@ class Comux:
                     camera.ledger.confirm(*point)
 
     def _before_revoke(self, cameras: list[Camera]) -> None:
-        """Poll thread, before cameras move to another worker: their results go out first."""
+        """Poll thread, before cameras move to another worker: their results go out first, and
+        their frames in the model's hands that have a delivered result are done (a later send
+        for them is dropped under exactly-once, delivered untracked otherwise)."""
         producer = self._producer
         if producer is None:
             return
+        producer.flush(_REVOKE_FLUSH_S)
+        for camera, index in list(self._in_hand):
+            if camera in cameras:
+                camera.ledger.ack(index, if_delivered=True)
         if producer.transactional:
-            # The open transaction holds only results of the batch in hand, which is not done:
-            # the next owner reads it again, so these results must not count.
-            producer.abort()
-        else:
-            producer.flush(_REVOKE_FLUSH_S)
+            # Commit, not abort: the open transaction holds results of the cameras that stay
+            # too, whose offsets later transactions commit.
+            self._commit_transaction(list(self._cameras.values()))
 
     def send(
         self, cam_id: str, index: int, headers: Mapping[str, HeaderValue] | None = None
@@ -765,8 +769,8 @@ class Comux:
         if self._producer.transactional:
 
             def still_ours() -> bool:
-                # Its transaction was aborted on revocation: the camera's next owner reads the
-                # frame again, and its result is the one committed.
+                # Revoked: the next owner reads the frame again (unless the revocation
+                # committed a result for it), and its result is the one committed.
                 if camera.leaving:
                     camera.revoked_sends += 1
                     return False
@@ -794,7 +798,7 @@ class Comux:
                 ledger.delivered(index, False)  # never committed past a result not sent
             raise
         if not sent and tracked:
-            ledger.delivered(index, True)  # dropped on purpose: nothing to wait for
+            ledger.delivered(index, None)  # dropped on purpose: nothing to wait for
 
     def flush(self, timeout: float = 10.0) -> int:
         """Wait for the results sent so far; return how many are still undelivered."""

@@ -465,6 +465,8 @@ class CameraConsumer:
         for camera in revoked:
             camera.leaving = True
         if revoked and self.before_revoke is not None:
+            # The generation this revocation belongs to: a transaction committed in it says so.
+            self._group_metadata = consumer.consumer_group_metadata()
             self.before_revoke(revoked)
         self._commit(revoked, asynchronous=False)
         self._let_go(consumer, partitions, revoked)

@@ -46,6 +46,7 @@ def parse_done(metadata: str | None) -> int:
 class _Pending:
     seq: int  # order of arrival in the batches (B-frames leave the decoder out of offset order)
     sends: int = 0  # sends without a delivery report yet
+    delivered: int = 0  # sends with a successful one
     acked: bool = False  # the model moved past the batch that held it
     failed: bool = False  # a delivery failed: the offset stays pending, never committed
 
@@ -103,11 +104,15 @@ class OffsetLedger:
                 if entry.sends == 0 and not entry.failed:
                     del self._pending[offset]
 
-    def ack(self, offset: int) -> None:
-        """The model moved past the batch holding ``offset``; earlier frames were replaced."""
+    def ack(self, offset: int, *, if_delivered: bool = False) -> None:
+        """The model moved past the batch holding ``offset``; earlier frames were replaced.
+
+        ``if_delivered``: only if a result for it was delivered (its camera is revoked while
+        the frame is in the model's hands: one with a result is done, one without is not).
+        """
         with self._lock:
             entry = self._pending.get(offset)
-            if entry is None:
+            if entry is None or (if_delivered and not entry.delivered):
                 return
             for other, older in list(self._pending.items()):
                 if older.seq <= entry.seq:
@@ -124,13 +129,16 @@ class OffsetLedger:
             entry.sends += 1
             return True
 
-    def delivered(self, offset: int, ok: bool) -> None:
+    def delivered(self, offset: int, ok: bool | None) -> None:
+        """A send's delivery report; ``ok=None``: the send was dropped before producing."""
         with self._lock:
             entry = self._pending.get(offset)
             if entry is None:
                 return
             entry.sends -= 1
-            if not ok:
+            if ok:
+                entry.delivered += 1
+            elif ok is not None:
                 entry.failed = True
                 self.delivery_failed += 1
             self._settle(offset, entry)

@@ -202,8 +202,8 @@ class ResultProducer:
         """Produce ``source``'s value to ``topic`` with its headers, provenance and ``headers``.
 
         A full local queue is waited on (up to ``timeout``), never dropped. ``keep`` is asked
-        under the transaction lock, so that its answer holds against a concurrent
-        :meth:`abort`: False drops the result (and returns False).
+        under the transaction lock, so that its answer holds against a concurrent commit:
+        False drops the result (and returns False).
         """
         out: list[tuple[str, str | bytes | None]] = [
             (name, value)

@@ -269,6 +269,7 @@ class WorkerProc:
         options: Mapping[str, Any] | None = None,
         log_dir: Path | None = None,
         transactional: bool = False,
+        send_then_hold: bool = False,
     ) -> None:
         self.name = name
         self.stopping = False  # SIGTERM sent
@@ -284,6 +285,8 @@ class WorkerProc:
             command += ["--instance-id", instance_id]
         if transactional:
             command += ["--transactional-id", f"scale{scenario.uid}-{name}"]
+        if send_then_hold:
+            command.append("--send-then-hold")
         for key, value in (options or {}).items():
             command += ["--option", f"{key}={value}"]
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))

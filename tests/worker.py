@@ -2,7 +2,7 @@
 
 ``python -m tests.worker --bootstrap HOST:PORT --group G --cams a,b,c [--instance-id X]
 [--start committed] [--policy fifo|latest] [--model-delay S] [--hold-seconds S] [--option k=v]
-[--transactional-id T]``
+[--transactional-id T] [--send-then-hold]``
 
 It builds a Comux, consumes, and calls ``get_batch(stacked=True)`` in a loop like a model would,
 sending ``{"worker": X}`` for every valid frame. It talks to the parent through JSON lines on
@@ -17,8 +17,9 @@ stdout, each with ``t`` (``time.time()``):
   four a second, and for every batch that was held; ``{"event": "committed", "offsets"}`` with
   them when what this process committed (``stats()[cam]["committed"]``) changed;
 - SIGUSR1 asks it to hold the next batch with a valid frame for ``--hold-seconds`` before sending
-  its results (a model that is slow once): ``{"event": "holding", "offsets"}`` when the hold
-  starts, ``{"event": "sent", "offsets", "revoked_in_hand": [...]}`` once its results were sent
+  its results (a model that is slow once; after sending them with ``--send-then-hold``):
+  ``{"event": "holding", "offsets"}`` when the hold starts, ``{"event": "sent", "offsets",
+  "revoked_in_hand": [...]}`` once its results were sent and the hold is over
   (``revoked_in_hand``: cameras of that batch whose partition left this process meanwhile);
 - ``{"event": "error", "where", "error"}`` for an exception in ``send`` or ``get_batch``;
 - SIGTERM: the batch in hand is finished (sent and acked), the Comux closed, and
@@ -80,6 +81,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--commit-interval", type=float, default=1.0)
     p.add_argument("--decode-threads", type=int, default=1)
     p.add_argument("--transactional-id", default=None, help="exactly-once results")
+    p.add_argument(
+        "--send-then-hold", action="store_true", help="the held batch's results go out first"
+    )
     p.add_argument("--option", type=_option, action="append", default=[], help="librdkafka k=v")
     return p.parse_args(argv)
 
@@ -202,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         if held:
             hold_next.clear()
             emit("holding", offsets=offsets, seconds=args.hold_seconds)
-            stop.wait(args.hold_seconds)  # the model, slow this once
+            if not args.send_then_hold:
+                stop.wait(args.hold_seconds)  # the model, slow this once
         elif args.model_delay:
             stop.wait(args.model_delay)  # the model's compute time
         revoked = sorted(c for c in offsets if c not in assignment.now())
@@ -213,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 errors += 1
                 emit("error", where="send", cam=cam_id, offset=offset, error=repr(exc))
+        if held and args.send_then_hold:
+            stop.wait(args.hold_seconds)  # results out, the model still busy with the batch
+            revoked = sorted(c for c in offsets if c not in assignment.now())
         if held:
             emit("sent", offsets=offsets, revoked_in_hand=revoked)
         batch.release()

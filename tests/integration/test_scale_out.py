@@ -572,13 +572,19 @@ def test_rebalance_while_a_batch_is_in_hand(kafka_broker, procs: Procs) -> None:
     )
 
 
-def test_exactly_once_through_a_rebalance_with_a_batch_in_hand(kafka_broker, procs: Procs) -> None:
-    """(d) with transactional workers: read_committed readers see one result per offset."""
+@pytest.mark.parametrize("sent_first", [False, True], ids=["held-then-sent", "sent-then-held"])
+def test_exactly_once_through_a_rebalance_with_a_batch_in_hand(
+    kafka_broker, procs: Procs, sent_first: bool
+) -> None:
+    """(d) with transactional workers: read_committed readers see one result per offset, whether
+    the held batch's results went out before the revocation or after it."""
     sc = Scenario(kafka_broker.bootstrap, [f"c{i}" for i in range(4)])
     sc.create_topics()
     pub = procs.publisher(sc)
     pub.wait_flowing()
-    w1 = procs.worker(sc, name="x1", hold_seconds=6.0, transactional=True)
+    w1 = procs.worker(
+        sc, name="x1", hold_seconds=6.0, transactional=True, send_then_hold=sent_first
+    )
     wait_frames(w1, sc.cams)
     wait_committed(sc, sc.cams)
     run = hold_through_a_rebalance(sc, procs, w1, "x2", transactional=True)
@@ -595,13 +601,19 @@ def test_exactly_once_through_a_rebalance_with_a_batch_in_hand(kafka_broker, pro
     )
     errors = w1.errors() + w2.errors()
     assert not errors, errors[:3]
-    # The held frames' results, sent after their cameras were revoked, are dropped: x2 reads
-    # those frames again, and x1's next transaction would have committed them a second time.
-    assert run.closed[0]["revoked_sends"] == {c: int(c in run.revoked) for c in sc.cams}
-    # x2 resumes at the first frame x1 did not commit a result for: the held one. Decoding
-    # starts at its GOP's keyframe, but the frames x1 finished are not handed out again.
-    assert run.taken == {c: run.held[c] for c in run.revoked}
     assert not twice, f"offsets with more than one committed result: {twice}"
+    if sent_first:
+        # The revocation commits the open transaction (it holds the results of the cameras x1
+        # keeps too) with the held frames of the revoked cameras done: x2 goes on after them.
+        assert run.closed[0]["revoked_sends"] == dict.fromkeys(sc.cams, 0)
+        assert run.taken == {c: run.held[c] + 1 for c in run.revoked}
+    else:
+        # The held frames' results, sent after their cameras were revoked, are dropped: x2
+        # reads those frames again, and x1's next transaction would commit them a second time.
+        assert run.closed[0]["revoked_sends"] == {c: int(c in run.revoked) for c in sc.cams}
+        # x2 resumes at the first frame x1 did not commit a result for: the held one. Decoding
+        # starts at its GOP's keyframe, but the frames x1 finished are not handed out again.
+        assert run.taken == {c: run.held[c] for c in run.revoked}
 
 
 # -- e) a model slower than max.poll.interval.ms -------------------------------------------------

@@ -99,3 +99,18 @@ def test_the_done_point_travels_in_the_commits_metadata():
     assert parse_done(done_metadata(1234)) == 1234
     for other in (None, "", "set by kafka-consumer-groups", "comux-done=x"):
         assert parse_done(other) == -1
+
+
+def test_a_revoked_frame_in_hand_is_done_only_if_a_result_for_it_was_delivered():
+    ledger = OffsetLedger()
+    decoded(ledger, 12, [0, 10])
+    ledger.hold(10)
+    ledger.hold(11)
+    assert ledger.sending(10) and ledger.sending(11)
+    ledger.delivered(10, ok=True)
+    ledger.delivered(11, ok=None)  # dropped before it was produced
+    ledger.ack(11, if_delivered=True)
+    assert ledger.commit_point() == (10, 10)
+    ledger.ack(10, if_delivered=True)
+    assert ledger.commit_point() == (10, 11)
+    assert ledger.delivery_failed == 0
