@@ -465,8 +465,12 @@ class CameraConsumer:
         for camera in revoked:
             camera.leaving = True
         if revoked and self.before_revoke is not None:
-            # The generation this revocation belongs to: a transaction committed in it says so.
-            self._group_metadata = consumer.consumer_group_metadata()
+            # A transaction's offsets carry the group's generation: the one read at the last
+            # assignment is stale by now, and the broker would refuse the commit.
+            try:
+                self._group_metadata = consumer.consumer_group_metadata()
+            except KafkaException as exc:
+                log.warning("group metadata not read on revocation: %s", exc)
             self.before_revoke(revoked)
         self._commit(revoked, asynchronous=False)
         self._let_go(consumer, partitions, revoked)
