@@ -8,12 +8,13 @@ sealer consumes from it. A ``"latest"`` camera writes its newest frame into its 
 filling buffer, replacing an older one; a ``"fifo"`` camera writes each frame into its row of
 the next open buffer, so queued frames are converted by the decoders, never by the sealer.
 
-The hand-off takes no lock. A writer announces the buffer it is about to write
-(``rows.writing``) and then checks that the buffer is still open under the same number; the
-sealer closes a buffer first and then waits for any writer that announced it. Under the GIL
-both orders are seen by both sides, so a buffer is never written once it belongs to a Batch.
-Adding, removing or moving a camera freezes only the rows it touches, for one row copy.
-Decoders take the sealer's condition only to wake it, once per camera per batch.
+The hand-off takes no lock and lives in the compiled core (``_ext/ring.pyx``, protocol in
+``ring.h``): a writer claims the row of the buffer it is about to write and then checks that
+the buffer is still open under the same number; the sealer closes a buffer first and then waits
+for any writer that claimed it. C atomics order both sides, so a buffer is never written once it
+belongs to a Batch, with or without the GIL. Adding, removing or moving a camera freezes only
+the rows it touches, for one row copy. Decoders take the sealer's condition only to wake it,
+once per camera per batch.
 
 The rows are the ring: a separate ring of frame records beside them would only say what the
 rows' own metadata already says, and under ``"latest"`` a record cannot be replaced in place by
@@ -28,13 +29,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import av
 import numpy as np
 
 from .backend import BACKEND, BACKENDS, Backend
 from .errors import BatchReleasedError, ComuxTimeoutError, ConfigError, UnknownCameraError
+
+if TYPE_CHECKING or BACKEND == "reference":
+    from . import ring as _ring
+else:
+    from ._ext import ring as _ring
 
 __all__ = [
     "Allocator",
@@ -82,44 +88,10 @@ def _as_array(buffer: Any) -> np.ndarray:
     return array
 
 
-def _spin_until(done: Callable[[], bool]) -> None:
-    """Wait for a writer to finish one frame: microseconds to a millisecond or two."""
-    delay = 0.0
-    while not done():
-        time.sleep(delay)
-        delay = min(0.001, delay * 2 or 0.00005)
-
-
-class _Buffer:
+class _Buffer(_ring.Buffer):
     """One pool buffer and its per-row metadata, written by each row's own camera."""
 
-    __slots__ = (
-        "corrupt",
-        "frames",
-        "held",
-        "id",
-        "indices",
-        "owner",
-        "pts",
-        "seq",
-        "timestamps",
-        "valid",
-        "written",
-    )
-
-    def __init__(self, ident: int, owner: Any, frames: np.ndarray) -> None:
-        self.id = ident
-        self.owner = owner  # what the allocator returned, kept alive with the view
-        self.frames = frames
-        capacity = frames.shape[0]
-        self.indices = np.full(capacity, -1, np.int64)
-        self.pts = np.full(capacity, -1, np.int64)
-        self.timestamps = np.zeros(capacity, np.float64)
-        self.valid = np.zeros(capacity, bool)
-        self.written = np.zeros(capacity, bool)  # a frame (or a failure) landed in the row
-        self.corrupt = np.zeros(capacity, bool)
-        self.seq = -1  # batch number while open, -1 once sealed
-        self.held = False
+    __slots__ = ()
 
     def reset(self) -> None:
         self.indices.fill(-1)
@@ -136,20 +108,18 @@ class _Buffer:
             getattr(out, name)[dst] = getattr(self, name)[src]
 
 
-class CameraRows:
+class CameraRows(_ring.Rows):
     """One camera's rows in the pool's buffers and what the batches did with its frames.
 
-    The decoder thread of the camera is the only writer of ``writing``, ``next_seq`` and the
-    frame clock; the pool's other threads only read them, or freeze the rows while they move.
+    Its side of the hand-off (slot, claim, next batch) is the ring's :class:`Rows`. The decoder
+    thread of the camera is the only writer of the frame clock; the pool's other threads only
+    read it.
     """
 
     def __init__(self, cam_id: str, slot: int, policy: Policy) -> None:
         self.cam_id = cam_id
         self.slot = slot  # -1 once removed
-        self.policy: Policy = policy
-        self.writing: _Buffer | None = None
-        self.frozen = False
-        self.next_seq = 0  # fifo: the batch its next frame goes to
+        self.policy = policy
         self.blocked = False  # fifo: waits for a buffer to open
         self.on_room: Callable[[], None] | None = None
         self.on_replaced: Callable[[int], None] | None = None  # gets the replaced frame's index
@@ -165,6 +135,15 @@ class CameraRows:
         self.stalled_seconds = 0.0
         self.in_batches = 0
         self.invalid_in_batches = 0
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        self._policy: Policy = policy
+        self.fifo = policy == "fifo"
 
     def carry_counters(self, old: CameraRows) -> None:
         """Take over the counts of the rows this camera had before it left the batches."""
@@ -332,29 +311,31 @@ class BatchPool:
         self.stall_timeout = stall_timeout
         self._allocator = allocator or numpy_allocator
         self._writer = writer
+        self._write: FrameWriter = writer or _copy_into
         self._count = buffers
+        self._ring = _ring.Ring(buffers)
         self._cond = threading.Condition()  # wakes the sealer; guards the camera list
         self._consume_lock = threading.Lock()  # one consumer (seal or take) at a time
         self._struct_lock = threading.Lock()  # camera set, buffer set, the sealer's switch
         self._rows: dict[str, CameraRows] = {}
         self._order: list[CameraRows] = []  # slot order
-        self._frozen = False  # every row, while the buffers grow
         self._next_id = 0
         self._capacity = max(1, capacity)
         self._buffers = [self._allocate() for _ in range(buffers)]
         self._open: dict[int, _Buffer] = {}
-        self._next_seq = 0
-        self._filling_seq = 0
         for buf in self._buffers:
             self._open_buffer(buf)
         self._first_frame_at: float | None = None
         self._closed = False
-        self._model_waiting = False  # the model is in seal(), waiting for frames
         self._last_take: float | None = None
         self._take_gaps: deque[float] = deque(maxlen=8)
         self._take_gap: float | None = None  # their median, once there are three
         self.batches = 0
         self.bytes_copied = 0
+
+    @property
+    def _filling_seq(self) -> int:
+        return self._ring.filling_seq
 
     def close(self) -> None:
         """Wake a waiting :meth:`seal`, which returns None from now on."""
@@ -376,11 +357,8 @@ class BatchPool:
     def _open_buffer(self, buf: _Buffer) -> None:
         """Number ``buf`` as the next batch and let writers in (its rows are clean)."""
         buf.reset()
-        seq = self._next_seq
-        buf.seq = seq
         with self._cond:
-            self._open[seq] = buf
-            self._next_seq = seq + 1
+            self._open[self._ring.open(buf)] = buf
             self._cond.notify_all()
 
     def _give_back(self, buffer: _Buffer) -> None:
@@ -401,21 +379,22 @@ class BatchPool:
         """Move the open buffers into bigger ones; held ones are replaced on release."""
         old_capacity, self._capacity = self._capacity, capacity
         fresh = {seq: self._allocate() for seq in self._open}
-        self._frozen = True
+        ring = self._ring
+        ring.frozen = True
         try:
             for rows in self._order:
-                _spin_until(lambda rows=rows: rows.writing is None)  # type: ignore[misc]
+                ring.wait_idle(rows)
             for seq, buf in self._open.items():
                 new = fresh[seq]
-                new.seq, buf.seq = seq, -1
                 for slot in range(min(old_capacity, len(self._order))):
                     buf.copy_row(slot, slot, into=new)
                     self.bytes_copied += buf.frames[0].nbytes if buf.written[slot] else 0
+                ring.replace(buf, new)
             with self._cond:
                 self._buffers = [b for b in self._buffers if b.held] + list(fresh.values())
                 self._open = fresh
         finally:
-            self._frozen = False
+            ring.frozen = False
 
     # -- cameras -----------------------------------------------------------------------------
 
@@ -447,7 +426,8 @@ class BatchPool:
             last = self._order[-1]
             rows.frozen = last.frozen = True
             try:
-                _spin_until(lambda: rows.writing is None and last.writing is None)
+                self._ring.wait_idle(rows)
+                self._ring.wait_idle(last)
                 for buf in self._open.values():
                     if last is not rows:
                         buf.copy_row(last.slot, rows.slot)
@@ -507,57 +487,18 @@ class BatchPool:
         waits in :meth:`seal`: then it goes to the next buffer, so a model that keeps up gets
         more than the last of each burst.
         """
-        while True:
-            if self._frozen or rows.frozen:
-                _spin_until(lambda: not (self._frozen or rows.frozen))
-                continue
-            slot = rows.slot
-            if slot < 0:
-                return "gone"
-            seq = self._filling_seq
-            if rows.policy == "fifo":
-                seq = max(seq, rows.next_seq)
-            else:
-                seq = max(seq, rows.next_seq - 1)
-                # Only while the model waits for frames, and one buffer ahead at most: a
-                # model that is busy gets the newest frame, and a camera catching up (every
-                # frame a "burst") must not fill the model's next batches with old frames.
-                if burst and self._model_waiting and seq == self._filling_seq:
-                    newest = self._open.get(seq)
-                    if newest is not None and newest.written[slot] and seq + 1 in self._open:
-                        seq += 1
-            buf = self._open.get(seq)
-            if buf is None:
-                if seq >= self._next_seq:
-                    return "full"
-                continue  # a seal just closed it: look again
-            rows.writing = buf
-            if buf.seq == seq and rows.slot == slot and not (self._frozen or rows.frozen):
-                break
-            rows.writing = None
-        try:
-            first = not buf.written[slot]
-            replaced = -1 if first else int(buf.indices[slot])
-            if frame is not None:
-                out = buf.frames[slot]
-                if self._writer is not None:
-                    self._writer(frame, out)
-                else:
-                    np.copyto(out, frame)
-            buf.indices[slot] = index
-            buf.pts[slot] = -1 if pts is None else pts
-            buf.timestamps[slot] = time.time()
-            buf.corrupt[slot] = frame is None
-            buf.written[slot] = True
-            # Before the writer lets go: whoever froze the rows (take) may move it.
-            rows.next_seq = seq + 1
-        finally:
-            rows.writing = None
-        if not first:
+        status = self._ring.publish(
+            rows, frame, index, -1 if pts is None else pts, burst, self._write
+        )
+        if status == _ring.FULL:
+            return "full"
+        if status == _ring.GONE:
+            return "gone"
+        if status == _ring.REPLACED:
             rows.replaced += 1
             if rows.on_replaced is not None:
-                rows.on_replaced(replaced)
-        self._tick(rows, wake=first and seq == self._filling_seq)
+                rows.on_replaced(rows.replaced_index)
+        self._tick(rows, wake=status == _ring.WRITTEN_FILLING)
         return "written"
 
     def _tick(self, rows: CameraRows, wake: bool) -> None:
@@ -657,11 +598,11 @@ class BatchPool:
                         if deadline <= now:
                             break
                         wait = deadline - now if wait is None else min(wait, deadline - now)
-                    self._model_waiting = True
+                    self._ring.model_waiting = True
                     try:
                         self._cond.wait(None if wait is None else max(wait, 0.0005))
                     finally:
-                        self._model_waiting = False
+                        self._ring.model_waiting = False
                 if not ready and not self._open[self._filling_seq].written.any():
                     return None
                 while self._filling_seq + 1 not in self._open:
@@ -675,13 +616,11 @@ class BatchPool:
                         )
                     self._cond.wait(remaining)
             with self._struct_lock:
-                old = self._open[self._filling_seq]
                 with self._cond:
-                    old.seq = -1
-                    del self._open[self._filling_seq]
-                    self._filling_seq += 1
-                for rows in self._order:
-                    _spin_until(lambda rows=rows: rows.writing is not old)  # type: ignore[misc]
+                    old = self._open.pop(self._filling_seq)
+                    self._ring.seal()
+                self._ring.wait_writers(self._order, old)
+                self._ring.collect(self._order)
                 cam_ids = [rows.cam_id for rows in self._order]
                 self._finish(old)
                 old.held = True
@@ -766,7 +705,7 @@ class BatchPool:
                 return None
             rows.frozen = True
             try:
-                _spin_until(lambda: rows.writing is None)
+                self._ring.wait_idle(rows)
                 buf = self._open[self._filling_seq]
                 if not buf.written[slot]:
                     return None
@@ -801,6 +740,10 @@ class BatchPool:
 
     def counters(self, cam_id: str) -> dict[str, Any]:
         return self.rows(cam_id).counters()
+
+
+def _copy_into(frame: Any, out: np.ndarray) -> None:
+    np.copyto(out, frame)
 
 
 def pyav_writer(pix_fmt: str) -> FrameWriter:

@@ -43,20 +43,21 @@ from comux import Comux, backend
 cameras = Comux(["a"])
 cameras.setup_decoders(W=64, H=48)
 print(backend.BACKEND, cameras._pool._writer.__qualname__.split(".")[0],
-      "comux._ext.convert" in sys.modules)
+      "comux._ext.convert" in sys.modules, type(cameras._pool._ring).__module__)
 """
 
 
 @pytest.mark.parametrize(
     ("value", "shown"),
     [
-        (None, "compiled compiled_writer True"),
-        ("compiled", "compiled compiled_writer True"),
-        (" Reference ", "reference pyav_writer False"),
+        (None, "compiled compiled_writer True comux._ext.ring"),
+        ("compiled", "compiled compiled_writer True comux._ext.ring"),
+        (" Reference ", "reference pyav_writer False comux.ring"),
     ],
 )
 def test_the_environment_picks_the_pipeline_s_writer_once_at_import(value, shown):
-    """The reference pipeline never imports the compiled core, so it runs without one."""
+    """The reference pipeline never imports the compiled core (its writer nor its ring), so it
+    runs without one."""
     done = run_python(PIPELINE, value)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[0] == shown

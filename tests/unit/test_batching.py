@@ -500,12 +500,12 @@ def takes(p: BatchPool, n: int) -> list[int]:
 def test_latest_keeps_a_burst_for_the_next_batch_while_the_model_waits():
     p = pool("a", "b")
     rows = p.rows("a")
-    p._model_waiting = True  # as while the model sits in seal(), waiting for "b"
+    p._ring.model_waiting = True  # as while the model sits in seal(), waiting for "b"
     p.publish(rows, frame(1), 1)
     p.publish(rows, frame(2), 2, burst=True)  # left the decoder with frame 1
     p.publish(rows, frame(3), 3, burst=True)
     p.publish(rows, frame(4), 4)  # a steady frame replaces the newest
-    p._model_waiting = False
+    p._ring.model_waiting = False
     assert takes(p, 3) == [1, 4]  # never more than one buffer ahead of the filling one
     assert p.counters("a")["replaced"] == 2
 

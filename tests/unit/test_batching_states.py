@@ -170,12 +170,12 @@ class PoolMachine(RuleBasedStateMachine):
     def write_burst_while_the_model_waits(self, data: st.DataObject) -> None:
         """B-frames leave the decoder together while the model sits in seal()."""
         cam = data.draw(st.sampled_from(sorted(self.cams)))
-        self.pool._model_waiting = True  # what seal() sets while it waits for frames
+        self.pool._ring.model_waiting = True  # what seal() sets while it waits for frames
         try:
             self.decode(cam)
             self.decode(cam, burst=True)
         finally:
-            self.pool._model_waiting = False
+            self.pool._ring.model_waiting = False
 
     @precondition(lambda self: self.cams)
     @rule(data=st.data())
