@@ -1,8 +1,10 @@
 """End to end from a real Kafka broker: comux against the decode+convert ceiling and naive code.
 
 What counts is what the model gets: frames that were in a batch the caller received (valid
-slots), never frames merely decoded. Synthetic cameras (libx264, no B-frames, a keyframe every
-25) are published with ``rate="max"`` BEFORE anything consumes; then, round after round (comux,
+slots), never frames merely decoded. Cameras are published with ``rate="max"`` BEFORE anything
+consumes: synthetic streams (libx264, no B-frames, a keyframe every 25) and, marked ``x264``,
+streams as libx264 makes them by default (3 B-frames with b-pyramid, adaptive B placement,
+keyframes at scene cuts: GOPs of 40 to 120 frames). Then, round after round (comux,
 ceiling, ceiling_uncached, ceiling_kafka, naive, comux, ...), every pipeline consumes the whole
 backlog of the same cameras from the earliest offset (fresh consumer group ids each run):
 
@@ -58,10 +60,11 @@ class Source:
     height: int
     cameras: int
     frames: int  # per camera
+    x264: bool = False  # libx264's defaults (b-pyramid, scene cuts), not a fixed GOP
 
     @property
     def key(self) -> str:
-        return f"{self.width}x{self.height}"
+        return f"{self.width}x{self.height}" + ("-x264" if self.x264 else "")
 
 
 @dataclass(frozen=True)
@@ -79,13 +82,19 @@ class Case:
 def cases(long: bool) -> list[Case]:
     if long:
         sd, hd = Source(640, 360, 8, 400), Source(1920, 1080, 4, 120)
-        main = [Case(sd, 8, 5), Case(hd, 4, 5)]
+        main = [
+            Case(sd, 8, 5),
+            Case(Source(640, 360, 8, 400, x264=True), 8, 5),
+            Case(Source(176, 144, 32, 300), 32, 5),
+            Case(Source(1280, 720, 4, 150), 4, 5),
+            Case(hd, 4, 5),
+        ]
         curve = [Case(sd, n, 5, curve=True) for n in (1, 2, 4)]
         return main + curve
     # CI: the whole module (broker start included) in about two minutes on two cores; a run
     # still lasts a few tenths of a second, shorter ones make wall ratios mostly noise.
     sd, hd = Source(640, 360, 4, 200), Source(1920, 1080, 2, 40)
-    return [Case(sd, 4, 5), Case(hd, 2, 5)]
+    return [Case(sd, 4, 5), Case(Source(176, 144, 8, 150, x264=True), 8, 3), Case(hd, 2, 5)]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -118,7 +127,12 @@ def sources(kafka_broker) -> Callable[[Source], Published]:
         for i, cam in enumerate(cams):
             packets = list(
                 synthetic_packets(
-                    src.width, src.height, src.frames, bframes=0, gop=25, seed=100 + i
+                    src.width,
+                    src.height,
+                    src.frames,
+                    bframes=3 if src.x264 else 0,
+                    gop=None if src.x264 else 25,
+                    seed=100 + i,
                 )
             )
             stats = publish(

@@ -389,6 +389,7 @@ class BatchPool:
                 for slot in range(min(old_capacity, len(self._order))):
                     buf.copy_row(slot, slot, into=new)
                     self.bytes_copied += buf.frames[0].nbytes if buf.written[slot] else 0
+                new.filled = buf.filled
                 ring.replace(buf, new)
             with self._cond:
                 self._buffers = [b for b in self._buffers if b.held] + list(fresh.values())
@@ -429,6 +430,8 @@ class BatchPool:
                 self._ring.wait_idle(rows)
                 self._ring.wait_idle(last)
                 for buf in self._open.values():
+                    if buf.written[rows.slot]:
+                        buf.unfill()
                     if last is not rows:
                         buf.copy_row(last.slot, rows.slot)
                         self.bytes_copied += buf.frames[0].nbytes if buf.written[last.slot] else 0
@@ -498,7 +501,7 @@ class BatchPool:
             rows.replaced += 1
             if rows.on_replaced is not None:
                 rows.on_replaced(rows.replaced_index)
-        self._tick(rows, wake=status == _ring.WRITTEN_FILLING)
+        self._tick(rows, wake=status == _ring.WRITTEN_WAKE)
         return "written"
 
     def _tick(self, rows: CameraRows, wake: bool) -> None:
@@ -547,13 +550,19 @@ class BatchPool:
     # -- sealing (the model's thread) --------------------------------------------------------
 
     def _ready(self, now: float) -> tuple[bool, float | None]:
-        """Whether the filling buffer should be sealed, else how long until that may change."""
+        """Whether the filling buffer should be sealed, else how long until that may change.
+
+        Also tells the writers how many written rows to wake the sealer at: those written now
+        and those of the cameras it waits for.
+        """
         buf = self._open[self._filling_seq]
         written = False
+        awaited = 0
         wait: float | None = None
         for rows in self._order:
             if buf.written[rows.slot]:
                 written = True
+                awaited += 1
                 continue
             if rows.last_frame_at is None:
                 continue  # not started: a camera holds batches back from its first frame
@@ -571,8 +580,10 @@ class BatchPool:
                 due = self.stall_limit(rows) - quiet
                 if due > 0:
                     wait = due if wait is None else min(wait, due)
+                    awaited += 1
                 else:
                     rows.holding = False
+        self._ring.wake_at = awaited
         if not written or wait is None:
             return written, None
         if self.max_wait is not None and self._first_frame_at is not None:
@@ -585,6 +596,7 @@ class BatchPool:
     def seal(self, timeout: float | None = None) -> Batch | None:
         """Wait for a batch by the policy, or ``timeout``; None if no camera had a frame."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        looked_at = -1
         with self._consume_lock:
             with self._cond:
                 while True:
@@ -598,6 +610,10 @@ class BatchPool:
                         if deadline <= now:
                             break
                         wait = deadline - now if wait is None else min(wait, deadline - now)
+                    filled = self._open[self._filling_seq].filled
+                    if filled >= self._ring.wake_at > 0 and filled != looked_at:
+                        looked_at = filled  # written after _ready looked, by a writer that
+                        continue  # saw the old wake_at and so did not wake us
                     self._ring.model_waiting = True
                     try:
                         self._cond.wait(None if wait is None else max(wait, 0.0005))
@@ -736,6 +752,7 @@ class BatchPool:
             self.bytes_copied += buf.frames[slot].nbytes
             buf, seq = later, seq + 1
         buf.written[slot] = False
+        buf.unfill()
         rows.next_seq = seq  # the row just emptied: fifo writes there, latest one before
 
     def counters(self, cam_id: str) -> dict[str, Any]:

@@ -153,10 +153,16 @@ class Camera:
 
     def offer(self, msg: Message) -> bool:
         """Queue one message for the decoder; True when the partition should pause."""
-        self.inbox.append(msg)
-        self.inbox_bytes += len(msg.value() or b"")
+        return self.offer_run([msg])
+
+    def offer_run(self, msgs: list[Message]) -> bool:
+        """Queue consecutive messages of its topic, one wake-up for all; True: pause it."""
+        self.inbox.extend(msgs)
+        self.inbox_bytes += sum(len(msg.value() or b"") for msg in msgs)
         now = time.monotonic()
-        self.arrival_gap = 0.9 * self.arrival_gap + 0.1 * (now - self.last_packet_at)
+        # The smoothed gap as if each had come alone: the first after the wait, the rest at once.
+        gap = 0.9 * self.arrival_gap + 0.1 * (now - self.last_packet_at)
+        self.arrival_gap = gap * 0.9 ** (len(msgs) - 1)
         self.last_packet_at = now
         if self.scheduler is not None:
             self.scheduler.schedule(self)

@@ -616,11 +616,18 @@ class CameraConsumer:
                 log.error("consume failed: %s", exc, extra=COUNT_REPEATS)
                 self._stop.wait(0.1)
                 continue
+            run: list[Any] = []  # consecutive messages of one partition, routed together
             for msg in messages:
                 if msg.error():
+                    self._route(run)
+                    run = []
                     self._message_error(msg)
                     continue
-                self._route(msg)
+                if run and (msg.topic() != run[0].topic() or msg.partition() != run[0].partition()):
+                    self._route(run)
+                    run = []
+                run.append(msg)
+            self._route(run)
             now = time.monotonic()
             if messages:
                 self.broker_seen_at = now
@@ -636,11 +643,15 @@ class CameraConsumer:
                 next_commit = now + self.settings.commit_interval
                 self._commit(list(self._cameras.values()))
 
-    def _route(self, msg: Any) -> None:
+    def _route(self, run: list[Any]) -> None:
+        """Hand one partition's consecutive messages to its camera."""
+        if not run:
+            return
+        msg = run[0]
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         key = (topic, partition)
         first = key not in self._next_fetch
-        self._next_fetch[key] = offset + 1
+        self._next_fetch[key] = run[-1].offset() + 1
         try:
             cam_id = self.schema.cam_id(topic)
         except ValueError:
@@ -650,7 +661,7 @@ class CameraConsumer:
             return
         if first:  # a backlog at start is skipped before any of it is decoded
             self._maybe_jump(camera, partition, max(camera.decoder.last_offset, offset - 1))
-        if camera.offer(msg) and not camera.fetch_paused:
+        if camera.offer_run(run) and not camera.fetch_paused:
             camera.fetch_paused = True
             self._apply_pause(camera)
             camera.wake()  # its worker may have emptied the queue meanwhile: look again

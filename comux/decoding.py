@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
-import statistics
 import threading
 import time
 from collections import OrderedDict, deque
@@ -180,6 +180,7 @@ class CameraDecoder:
         self._time_base_raw: bytes | None = None
         self.frame_interval: float | None = None
         self._deltas: deque[float] = deque(maxlen=_INTERVAL_SAMPLES)
+        self._sorted_deltas: list[float] = []  # the same, sorted: a median per frame is cheap
         self._last_t: float | None = None
         self._next_due: float | None = None
         self._last_key_t: float | None = None
@@ -472,8 +473,13 @@ class CameraDecoder:
             return
         delta = t - last
         if delta > 0:
-            self._deltas.append(delta)
-            self.frame_interval = statistics.median(self._deltas)
+            window, ordered = self._deltas, self._sorted_deltas
+            if len(window) == window.maxlen:
+                del ordered[bisect.bisect_left(ordered, window[0])]
+            window.append(delta)
+            bisect.insort(ordered, delta)
+            half, odd = divmod(len(ordered), 2)
+            self.frame_interval = ordered[half] if odd else (ordered[half - 1] + ordered[half]) / 2
         elif delta < -_RESTART_S:
             self._next_due = None  # the camera restarted: its old due time means nothing now
 

@@ -138,18 +138,21 @@ def synthetic_packets(
     frames: int,
     *,
     fps: int = 25,
-    gop: int = 25,
+    gop: int | None = 25,
     bframes: int = 2,
     seed: int = 0,
 ) -> Iterator[EncodedPacket]:
     """Encode ``frames`` frames of :func:`pattern_frame` with libx264, in decode order.
 
     Deterministic for a given seed. ``bframes`` > 0 makes the decoder hold frames back,
-    as real cameras' streams often do; ``gop`` is the fixed keyframe interval. Bad
-    arguments raise ConfigError at the call, not on first iteration.
+    as real cameras' streams often do; ``gop`` is the fixed keyframe interval. ``gop=None``
+    encodes as libx264 does by default instead: B-frames with b-pyramid, adaptive B-frame
+    placement, and keyframes where the scene changes (the pattern cuts to another scene every
+    40 to 120 frames) or after 250 frames. Bad arguments raise ConfigError at the call, not on
+    first iteration.
     """
     _check_size(width, height)
-    if frames < 0 or fps <= 0 or gop <= 0 or not 0 <= bframes <= 16:
+    if frames < 0 or fps <= 0 or (gop is not None and gop <= 0) or not 0 <= bframes <= 16:
         raise ConfigError(
             f"need frames >= 0, fps > 0, gop > 0, 0 <= bframes <= 16; "
             f"got {frames=}, {fps=}, {gop=}, {bframes=}"
@@ -157,8 +160,20 @@ def synthetic_packets(
     return _encode(width, height, frames, fps, gop, bframes, seed)
 
 
+def _scene_frame(width: int, height: int, index: int, seed: int) -> np.ndarray:
+    """Frame ``index`` of a pattern that cuts to another scene every 40 to 120 frames."""
+    start, scene = 0, 0
+    while index >= start + (length := 40 + (scene * 37 + seed) % 81):
+        start, scene = start + length, scene + 1
+    out = pattern_frame(width, height, index, seed + 1000 * scene)
+    if scene % 2:  # a cut as an encoder sees one: everything below the bars changes
+        band = _band_height(height)
+        out[band:] = 255 - out[band:]
+    return out
+
+
 def _encode(
-    width: int, height: int, frames: int, fps: int, gop: int, bframes: int, seed: int
+    width: int, height: int, frames: int, fps: int, gop: int | None, bframes: int, seed: int
 ) -> Iterator[EncodedPacket]:
     time_base = Fraction(1, fps)
     ctx = av.CodecContext.create("libx264", "w")
@@ -167,13 +182,19 @@ def _encode(
     ctx.framerate = Fraction(fps)
     # No GLOBAL_HEADER flag: x264 then writes Annex-B, and repeat-headers puts SPS/PPS
     # before every IDR. Options go in x264-params because the preset would reset them.
-    ctx.options = {
-        "preset": "ultrafast",
-        "x264-params": (
-            f"keyint={gop}:min-keyint={gop}:scenecut=0:repeat-headers=1:bframes={bframes}"
-            ":log-level=error"
-        ),
-    }
+    if gop is None:  # superfast keeps x264's defaults for B-frames, b-pyramid and scenecut
+        ctx.options = {
+            "preset": "superfast",
+            "x264-params": f"repeat-headers=1:bframes={bframes}:log-level=error",
+        }
+    else:
+        ctx.options = {
+            "preset": "ultrafast",
+            "x264-params": (
+                f"keyint={gop}:min-keyint={gop}:scenecut=0:repeat-headers=1:bframes={bframes}"
+                ":log-level=error"
+            ),
+        }
     ctx.open()
     params = b""
 
@@ -187,9 +208,8 @@ def _encode(
 
     # PyAV codec contexts have no close(): the encoder is freed with ``ctx``.
     for index in range(frames):
-        frame = av.VideoFrame.from_ndarray(
-            pattern_frame(width, height, index, seed), format="yuv420p"
-        )
+        make = pattern_frame if gop is not None else _scene_frame
+        frame = av.VideoFrame.from_ndarray(make(width, height, index, seed), format="yuv420p")
         frame.pts = index
         frame.time_base = time_base
         for packet in ctx.encode(frame):

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FULL", "GONE", "REPLACED", "WRITTEN", "WRITTEN_FILLING", "Buffer", "Ring", "Rows"]
+__all__ = ["FULL", "GONE", "REPLACED", "WRITTEN", "WRITTEN_WAKE", "Buffer", "Ring", "Rows"]
 
-WRITTEN, WRITTEN_FILLING, REPLACED, FULL, GONE = range(5)
+WRITTEN, WRITTEN_WAKE, REPLACED, FULL, GONE = range(5)
 _LOOKING = -2
 
 
@@ -54,6 +54,10 @@ class Buffer:
         self.corrupt = np.zeros(capacity, bool)
         self.held = False
         self.seq = -1
+        self.filled = 0
+
+    def unfill(self) -> None:
+        self.filled -= 1
 
 
 class Ring:
@@ -67,6 +71,7 @@ class Ring:
         self.next_seq = 0
         self.frozen = False
         self.model_waiting = False
+        self.wake_at = 0
 
     def _find(self, seq: int) -> Buffer | None:
         buf = self._table[seq % len(self._table)]
@@ -75,6 +80,7 @@ class Ring:
     def open(self, buf: Buffer) -> int:
         seq = self.next_seq
         self._table[seq % len(self._table)] = buf
+        buf.filled = 0
         buf.seq = seq
         self.next_seq = seq + 1
         return seq
@@ -153,10 +159,13 @@ class Ring:
             if frame is not None:
                 write(frame, buf.frames[slot])
             first = not buf.written[slot]
+            status = REPLACED
             if first:
-                status = WRITTEN_FILLING if seq == self.filling_seq else WRITTEN
+                buf.filled += 1
+                n = buf.filled
+                wake = seq == self.filling_seq and (n == 1 or n >= self.wake_at)
+                status = WRITTEN_WAKE if wake else WRITTEN
             else:
-                status = REPLACED
                 rows.replaced_index = int(buf.indices[slot])
             buf.indices[slot] = index
             buf.pts[slot] = pts

@@ -31,8 +31,8 @@
 #define COMUX_STORE_OWN(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
 
 enum {
-    COMUX_WRITTEN = 0,         /* a new frame in a row of a later buffer */
-    COMUX_WRITTEN_FILLING = 1, /* a new frame in the filling buffer: wake the sealer */
+    COMUX_WRITTEN = 0,      /* a new frame in its row */
+    COMUX_WRITTEN_WAKE = 1, /* ... the first of the filling buffer, or the one the sealer awaits */
     COMUX_REPLACED = 2,        /* replaced the row's older frame (rows.replaced_index) */
     COMUX_FULL = 3,            /* fifo: no open buffer for its next frame yet */
     COMUX_GONE = 4,            /* the camera has no row any more */
@@ -43,6 +43,7 @@ typedef struct {
     int64_t seq; /* the batch it becomes while open; -1 sealed or held */
     int64_t id;  /* unique in its pool */
     void *owner; /* the object holding this struct (borrowed) */
+    int64_t filled; /* rows written since it opened */
     uint8_t *written;
     uint8_t *corrupt;
     int64_t *indices;
@@ -64,6 +65,7 @@ typedef struct {
     int64_t next_seq;      /* one past the newest open buffer */
     int64_t frozen;        /* every row: the buffers are being replaced */
     int64_t model_waiting; /* the sealer waits for frames */
+    int64_t wake_at;       /* ... until the filling buffer has this many rows written */
     int64_t count;         /* K */
     comux_buf **table;     /* K entries */
 } comux_ring;
@@ -136,25 +138,36 @@ static inline int comux_claim(comux_ring *r, comux_rows *w, int burst, comux_cla
     }
 }
 
-/* Write the claimed row's metadata and end the claim. Returns COMUX_WRITTEN_FILLING,
- * COMUX_WRITTEN or COMUX_REPLACED. */
+/* Write the claimed row's metadata and end the claim. Returns COMUX_WRITTEN_WAKE (the sealer
+ * waits for this frame: the first of its batch, or the last it awaits), COMUX_WRITTEN or
+ * COMUX_REPLACED. `filled` and `wake_at` are the second Dekker pair: the sealer stores
+ * `wake_at` then loads `filled` before it sleeps, so one side always sees the other. */
 static inline int comux_publish(comux_ring *r, comux_rows *w, const comux_claim_t *c,
                                 int64_t index, int64_t pts, double timestamp, int corrupt) {
     comux_buf *b = c->buf;
     int64_t slot = c->slot;
     int first = !COMUX_LOAD_OWN(&b->written[slot]);
-    int result = first ? (c->seq == COMUX_LOAD(&r->filling_seq) ? COMUX_WRITTEN_FILLING
-                                                                 : COMUX_WRITTEN)
-                       : COMUX_REPLACED;
+    int result = COMUX_REPLACED;
     if (!first) w->replaced_index = b->indices[slot];
     b->indices[slot] = index;
     b->pts[slot] = pts;
     b->timestamps[slot] = timestamp;
     b->corrupt[slot] = (uint8_t)(corrupt != 0);
     COMUX_STORE(&b->written[slot], (uint8_t)1);
+    if (first) { /* counted before the claim ends: the sealer reads it once writers are out */
+        int64_t n = __atomic_add_fetch(&b->filled, 1, __ATOMIC_SEQ_CST);
+        int wake = c->seq == COMUX_LOAD(&r->filling_seq) &&
+                   (n == 1 || n >= COMUX_LOAD_SC(&r->wake_at));
+        result = wake ? COMUX_WRITTEN_WAKE : COMUX_WRITTEN;
+    }
     COMUX_STORE_OWN(&w->next_seq, c->seq + 1);
     COMUX_STORE(&w->writing, (int64_t)-1);
     return result;
+}
+
+/* One written row fewer in `b` (taken, or its camera removed, while frozen). */
+static inline void comux_unfill(comux_buf *b) {
+    __atomic_sub_fetch(&b->filled, 1, __ATOMIC_SEQ_CST);
 }
 
 /* End a claim without writing (the writer failed). */
@@ -163,6 +176,7 @@ static inline void comux_abandon(comux_rows *w) { COMUX_STORE(&w->writing, (int6
 /* Number `b` as the next batch and let writers in (its rows must be clean). */
 static inline int64_t comux_open(comux_ring *r, comux_buf *b) {
     int64_t seq = COMUX_LOAD_OWN(&r->next_seq);
+    COMUX_STORE(&b->filled, (int64_t)0);
     COMUX_STORE(&r->table[seq % r->count], b);
     COMUX_STORE(&b->seq, seq);
     COMUX_STORE(&r->next_seq, seq + 1);

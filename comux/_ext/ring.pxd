@@ -9,6 +9,7 @@ cdef extern from "ring.h" nogil:
         int64_t seq
         int64_t id
         void *owner
+        int64_t filled
         uint8_t *written
         uint8_t *corrupt
         int64_t *indices
@@ -28,6 +29,7 @@ cdef extern from "ring.h" nogil:
         int64_t next_seq
         int64_t frozen
         int64_t model_waiting
+        int64_t wake_at
         int64_t count
         comux_buf **table
 
@@ -38,13 +40,15 @@ cdef extern from "ring.h" nogil:
 
     enum:
         COMUX_WRITTEN
-        COMUX_WRITTEN_FILLING
+        COMUX_WRITTEN_WAKE
         COMUX_REPLACED
         COMUX_FULL
         COMUX_GONE
         COMUX_FROZEN
 
     int64_t COMUX_LOAD(int64_t *p)
+    int64_t COMUX_LOAD_SC(int64_t *p)
+    void COMUX_STORE_SC(int64_t *p, int64_t v)
     void COMUX_STORE(int64_t *p, int64_t v)
     int64_t COMUX_LOAD_OWN(int64_t *p)
     void COMUX_STORE_OWN(int64_t *p, int64_t v)
@@ -54,6 +58,7 @@ cdef extern from "ring.h" nogil:
     int comux_publish(comux_ring *r, comux_rows *w, const comux_claim_t *c, int64_t index,
                       int64_t pts, double timestamp, int corrupt)
     void comux_abandon(comux_rows *w)
+    void comux_unfill(comux_buf *b)
     int64_t comux_open(comux_ring *r, comux_buf *b)
     void comux_replace(comux_ring *r, comux_buf *old, comux_buf *fresh)
     comux_buf *comux_seal(comux_ring *r)

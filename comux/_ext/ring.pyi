@@ -7,10 +7,10 @@ from typing import Any, Final
 import numpy as np
 from typing_extensions import disjoint_base
 
-__all__ = ["FULL", "GONE", "REPLACED", "WRITTEN", "WRITTEN_FILLING", "Buffer", "Ring", "Rows"]
+__all__ = ["FULL", "GONE", "REPLACED", "WRITTEN", "WRITTEN_WAKE", "Buffer", "Ring", "Rows"]
 
 WRITTEN: Final[int]
-WRITTEN_FILLING: Final[int]
+WRITTEN_WAKE: Final[int]
 REPLACED: Final[int]
 FULL: Final[int]
 GONE: Final[int]
@@ -30,6 +30,7 @@ class Rows:
 class Buffer:
     held: bool
     seq: int
+    filled: int
     def __init__(self, ident: int, owner: Any, frames: np.ndarray) -> None: ...
     @property
     def id(self) -> int: ...
@@ -49,11 +50,13 @@ class Buffer:
     def written(self) -> np.ndarray: ...
     @property
     def corrupt(self) -> np.ndarray: ...
+    def unfill(self) -> None: ...
 
 @disjoint_base
 class Ring:
     frozen: bool
     model_waiting: bool
+    wake_at: int
     def __init__(self, count: int) -> None: ...
     @property
     def filling_seq(self) -> int: ...

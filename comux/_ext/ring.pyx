@@ -16,10 +16,10 @@ import numpy as np
 
 cnp.import_array()
 
-__all__ = ["FULL", "GONE", "REPLACED", "WRITTEN", "WRITTEN_FILLING", "Buffer", "Ring", "Rows"]
+__all__ = ["FULL", "GONE", "REPLACED", "WRITTEN", "WRITTEN_WAKE", "Buffer", "Ring", "Rows"]
 
 WRITTEN = COMUX_WRITTEN
-WRITTEN_FILLING = COMUX_WRITTEN_FILLING
+WRITTEN_WAKE = COMUX_WRITTEN_WAKE
 REPLACED = COMUX_REPLACED
 FULL = COMUX_FULL
 GONE = COMUX_GONE
@@ -116,6 +116,19 @@ cdef class Buffer:
     def seq(self, int64_t value):
         COMUX_STORE(&self.c.seq, value)
 
+    @property
+    def filled(self):
+        """Rows written since it opened (a row moved in or out while frozen counts too)."""
+        return COMUX_LOAD_SC(&self.c.filled)
+
+    @filled.setter
+    def filled(self, int64_t value):
+        COMUX_STORE_SC(&self.c.filled, value)
+
+    def unfill(self):
+        """One written row fewer: its frame was taken or its camera removed."""
+        comux_unfill(&self.c)
+
 
 cdef class Ring:
     """The open buffers, numbered by the batch each becomes, and the hand-off over them."""
@@ -159,6 +172,15 @@ cdef class Ring:
     @model_waiting.setter
     def model_waiting(self, bint value):
         COMUX_STORE(&self.c.model_waiting, value)
+
+    @property
+    def wake_at(self):
+        """The filling buffer's written rows at which a writer wakes the sealer (and its first)."""
+        return COMUX_LOAD_SC(&self.c.wake_at)
+
+    @wake_at.setter
+    def wake_at(self, int64_t value):
+        COMUX_STORE_SC(&self.c.wake_at, value)
 
     cdef void _keep(self, int64_t seq, Buffer buf):
         position = seq % self.c.count
@@ -215,7 +237,7 @@ cdef class Ring:
         """Write one frame into the row its camera's policy picks: claim, write, publish.
 
         ``write(frame, out)`` fills the row's pixels (not called for ``frame=None``, a failed
-        packet). Returns ``WRITTEN``, ``WRITTEN_FILLING``, ``REPLACED``, ``FULL`` or ``GONE``.
+        packet). Returns ``WRITTEN``, ``WRITTEN_WAKE``, ``REPLACED``, ``FULL`` or ``GONE``.
         """
         cdef comux_claim_t claim
         cdef int status

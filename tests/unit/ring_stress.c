@@ -106,8 +106,14 @@ static void seal_one(void) {
     for (int r = 0; r < ROWS; r++)
         while (comux_writing_in(&rows[r], sealed)) sched_yield();
     buffer_t *b = of(sealed);
+    int64_t written = 0;
     for (int slot = 0; slot < ROWS; slot++)
-        if (b->written[slot]) hand_out(row_of_slot(slot), b, slot);
+        if (b->written[slot]) {
+            hand_out(row_of_slot(slot), b, slot);
+            written++;
+        }
+    int64_t filled = COMUX_LOAD(&sealed->filled);
+    if (filled != written) fail("filled drifted from the written rows", -1, filled, written);
     reset(b);
     comux_open(&ring, sealed);
 }
@@ -137,6 +143,7 @@ static void take_one(int row) {
             seq++;
         }
         b->written[slot] = 0;
+        comux_unfill(&b->c);
         COMUX_STORE(&w->next_seq, seq);
     }
     comux_freeze(&w->frozen, 0);
@@ -159,6 +166,7 @@ static void move_all(void) {
         if (spare == NULL) break;
         reset(spare);
         for (int slot = 0; slot < ROWS; slot++) copy_row(of(old), slot, spare, slot);
+        COMUX_STORE(&spare->c.filled, COMUX_LOAD(&old->filled));
         comux_replace(&ring, old, &spare->c);
     }
     comux_freeze(&ring.frozen, 0);
@@ -190,6 +198,7 @@ int main(int argc, char **argv) {
         else if (step % 4 == 0) take_one((int)((step >> 8) % ROWS));
         else seal_one();
         __atomic_store_n(&ring.model_waiting, (int64_t)(step % 3 == 0), __ATOMIC_RELEASE);
+        __atomic_store_n(&ring.wake_at, (int64_t)((step >> 4) % (ROWS + 1)), __ATOMIC_SEQ_CST);
     }
     for (int r = 0; r < ROWS; r++) pthread_join(threads[r], NULL);
     for (int i = 0; i < K; i++) seal_one(); /* drain */

@@ -343,6 +343,14 @@ class PoolMachine(RuleBasedStateMachine):
         later = any(buf.written[live].any() for buf in self.pool._open.values() if live)
         assert not later or filling.written[live].any(), "frames wait behind an empty buffer"
 
+    @invariant()
+    def each_open_buffer_counts_its_written_rows(self) -> None:
+        """The count a writer wakes the sealer by: a drift would delay or skip a wake-up."""
+        if not hasattr(self, "pool"):
+            return
+        for seq, buf in self.pool._open.items():
+            assert buf.filled == int(buf.written.sum()), (seq, buf.filled, buf.written)
+
     def teardown(self) -> None:
         for batch, _ in self.held:
             batch.release()

@@ -49,7 +49,7 @@ def setup(ring: ModuleType, count: int = 3, fifo: bool = True) -> tuple[Any, Any
 def test_a_fifo_row_takes_one_buffer_a_frame_until_none_is_open(ring):
     r, rows, bufs = setup(ring)
     got = [r.publish(rows, np.uint8(i), i, 10 * i, False, copy_into) for i in range(4)]
-    assert got == [ring.WRITTEN_FILLING, ring.WRITTEN, ring.WRITTEN, ring.FULL]
+    assert got == [ring.WRITTEN_WAKE, ring.WRITTEN, ring.WRITTEN, ring.FULL]
     assert [int(b.frames[0, 0]) for b in bufs] == [0, 1, 2]
     assert [int(b.pts[0]) for b in bufs] == [0, 10, 20]
     assert rows.writing == -1 and rows.next_seq == 3
@@ -57,7 +57,7 @@ def test_a_fifo_row_takes_one_buffer_a_frame_until_none_is_open(ring):
 
 def test_a_latest_row_replaces_its_frame_and_says_which(ring):
     r, rows, bufs = setup(ring, fifo=False)
-    assert r.publish(rows, np.uint8(7), 7, -1, False, copy_into) == ring.WRITTEN_FILLING
+    assert r.publish(rows, np.uint8(7), 7, -1, False, copy_into) == ring.WRITTEN_WAKE
     assert r.publish(rows, None, 8, -1, False, copy_into) == ring.REPLACED  # a failed packet
     assert rows.replaced_index == 7
     assert int(bufs[0].indices[0]) == 8 and bufs[0].corrupt[0] and bufs[0].written[0]
@@ -79,7 +79,7 @@ def test_a_sealed_buffer_takes_no_frame_and_reopens_last(ring):
     sealed = r.seal()
     assert sealed is bufs[0] and sealed.seq == -1 and r.filling_seq == 1
     r.wait_writers([rows], sealed)
-    assert r.publish(rows, np.uint8(5), 5, -1, False, copy_into) == ring.WRITTEN_FILLING
+    assert r.publish(rows, np.uint8(5), 5, -1, False, copy_into) == ring.WRITTEN_WAKE
     assert not bufs[0].written.any() and bufs[1].written[0]
     assert r.open(sealed) == 3 and sealed.seq == 3
 
