@@ -19,7 +19,7 @@ rm -rf "$tree"
 mkdir -p "$tree"
 git ls-files -z --cached --others --exclude-standard \
     | grep -zv '^comux/_ext/.*\.c$' | xargs -0 cp --parents -t "$tree"
-.venv/bin/python -m pip install -q --disable-pip-version-check "setuptools>=77" "cython>=3.0"
+.venv/bin/python -m pip install -q --disable-pip-version-check "setuptools>=77" "cython>=3.1"
 (cd "$tree" && CFLAGS="-fsanitize=thread -g -O1" LDFLAGS="-fsanitize=thread" \
     "$root/.venv/bin/python" setup.py -q build_ext --inplace >/dev/null)
 
