@@ -14,6 +14,8 @@ from .errors import ConfigError
 
 __all__ = [
     "CODECS",
+    "DISPOSABLE",
+    "KEYFRAME",
     "START_CODE",
     "has_parameter_sets",
     "insert_parameter_sets",
@@ -23,6 +25,7 @@ __all__ = [
     "nal_types",
     "normalize_codec",
     "parameter_sets",
+    "scan",
 ]
 
 # The codec names comux takes (lower case, without '.' and '-') and the decoder each one means.
@@ -106,6 +109,18 @@ def is_disposable(data: bytes, codec: str = "h264") -> bool:
             return t <= 14 and t % 2 == 0 if hevc else (header >> 5) & 3 == 0
         pos = find(_SHORT_START, pos + 3)
     return False
+
+
+KEYFRAME, DISPOSABLE = 1, 2  # the flags of scan()
+
+
+def scan(data: bytes, hevc: bool) -> int:
+    """``KEYFRAME`` | ``DISPOSABLE`` of a packet, as :func:`is_keyframe` and
+    :func:`is_disposable` say (the reference of the compiled ``comux._ext.nal.scan``)."""
+    codec = "hevc" if hevc else "h264"
+    return (KEYFRAME if is_keyframe(data, codec) else 0) | (
+        DISPOSABLE if is_disposable(data, codec) else 0
+    )
 
 
 def has_parameter_sets(data: bytes, codec: str = "h264") -> bool:

@@ -310,8 +310,7 @@ class BatchPool:
         self.repeat_last = repeat_last
         self.stall_timeout = stall_timeout
         self._allocator = allocator or numpy_allocator
-        self._writer = writer
-        self._write: FrameWriter = writer or _copy_into
+        self._writer: FrameWriter = writer or _copy_into
         self._count = buffers
         self._ring = _ring.Ring(buffers)
         self._cond = threading.Condition()  # wakes the sealer; guards the camera list
@@ -491,7 +490,7 @@ class BatchPool:
         more than the last of each burst.
         """
         status = self._ring.publish(
-            rows, frame, index, -1 if pts is None else pts, burst, self._write
+            rows, frame, index, -1 if pts is None else pts, burst, self._writer
         )
         if status == _ring.FULL:
             return "full"

@@ -11,13 +11,19 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import av
 from av.video.reformatter import VideoReformatter
 
-from .annexb import CODECS, is_disposable, is_keyframe, normalize_codec
+from .annexb import CODECS, DISPOSABLE, KEYFRAME, normalize_codec
+from .backend import BACKEND
 from .errors import ConfigError
+
+if TYPE_CHECKING or BACKEND == "reference":
+    from .annexb import scan
+else:
+    from ._ext.nal import scan
 
 __all__ = ["CameraDecoder", "CameraStats", "DecoderConfig", "Message", "PacketCache", "PixFmt"]
 
@@ -160,6 +166,7 @@ class CameraDecoder:
         self.stats = CameraStats()
         self._deliver = deliver
         self._codec_name = normalize_codec(config.codec)
+        self._hevc = self._codec_name == "hevc"
         self._ctx = self._open()
         # Offsets of the packets in the decoder whose frames have not come out, oldest first.
         self._inside: OrderedDict[int, None] = OrderedDict()
@@ -235,7 +242,8 @@ class CameraDecoder:
             self.stats.empty_packets += 1
             self._fail(msg, "empty packet")
             return
-        key = is_keyframe(data, self._codec_name)
+        flags = scan(data, self._hevc)
+        key = bool(flags & KEYFRAME)
         hint, pts = self._read_headers(msg)
         if hint is not None and _KEYFRAME_HINTS.get(hint.strip().lower()) is not key:
             self._keyframe_mismatch(offset, hint, key)
@@ -252,7 +260,7 @@ class CameraDecoder:
         if pts is not None and self._time_base is not None:
             num, den = self._time_base
             seconds = pts * num / den
-        if self._skip(data, key, seconds):
+        if self._skip(flags, key, seconds):
             return
         packet = av.Packet(data)
         packet.opaque = (msg, seconds)
@@ -267,7 +275,7 @@ class CameraDecoder:
         for frame in frames:
             self._frame(frame)
 
-    def _skip(self, data: bytes, key: bool, t: float | None) -> bool:
+    def _skip(self, flags: int, key: bool, t: float | None) -> bool:
         """Whether to leave this packet undecoded: no frame that needs it will be delivered.
 
         Under ``rate``, a frame that is not due is only worth decoding when a due frame refers
@@ -296,7 +304,7 @@ class CameraDecoder:
         if due is None:
             return False
         slack = 1e-6 + 0.25 * interval
-        if not key and is_disposable(data, self._codec_name):
+        if not key and flags & DISPOSABLE:
             if t < due - slack:
                 self.stats.skipped_not_due += 1
                 return True

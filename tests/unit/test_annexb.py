@@ -4,16 +4,23 @@ import os
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from comux._ext import nal
 from comux.annexb import (
+    DISPOSABLE,
+    KEYFRAME,
     has_parameter_sets,
     insert_parameter_sets,
     is_keyframe,
     nal_types,
     normalize_codec,
     parameter_sets,
+    scan,
 )
 from comux.errors import ConfigError
+from comux.media import synthetic_packets
 
 SC4 = b"\x00\x00\x00\x01"
 SC3 = b"\x00\x00\x01"
@@ -116,3 +123,35 @@ def test_big_packets_are_scanned_at_c_speed():
         assert is_keyframe(data)
         assert has_parameter_sets(data)
     assert (time.perf_counter() - start) / 10 < 0.05
+
+
+# -- the compiled scan against this reference -------------------------------------------------
+
+PIECES = [SC3, SC4, b"\x00", b"\x00\x00", b"\x01", b"\x03"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    parts=st.lists(
+        st.one_of(st.sampled_from(PIECES), st.binary(min_size=1, max_size=6)), max_size=12
+    ),
+    hevc=st.booleans(),
+)
+def test_the_compiled_scan_agrees_with_the_reference_on_any_bytes(parts, hevc):
+    data = b"".join(parts)
+    assert nal.scan(data, hevc) == scan(data, hevc), data.hex()
+
+
+@pytest.mark.parametrize("gop", [10, None], ids=["fixed-gop", "x264-defaults"])
+def test_the_compiled_scan_agrees_on_encoded_streams(gop):
+    packets = list(synthetic_packets(176, 144, 120, gop=gop, bframes=3))
+    flags = [nal.scan(p.data, False) for p in packets]
+    assert flags == [scan(p.data, False) for p in packets]
+    assert [bool(f & KEYFRAME) for f in flags] == [p.keyframe for p in packets]
+    assert any(f & DISPOSABLE for f in flags)  # b-pyramid leaves non-reference B-frames
+
+
+def test_the_compiled_scan_reads_hevc_types():
+    for kind in range(64):
+        for data in (SC4 + hevc(kind), SC3 + hevc(35) + SC3 + hevc(kind)):
+            assert nal.scan(data, True) == scan(data, True), kind
