@@ -166,7 +166,8 @@ def test_end_to_end(benchmark, case: Case, sources, kafka_broker, results) -> No
     src = case.source
     pub = sources(src)
     cams = pub.cams[: case.cameras]
-    threads = os.cpu_count() or 1
+    # COMUX_BENCH_THREADS: decode threads of comux and the ceilings (default: the core count)
+    threads = int(os.environ.get("COMUX_BENCH_THREADS") or 0) or os.cpu_count() or 1
     w, h = src.width, src.height
     bootstrap = kafka_broker.bootstrap
     broker = BrokerCPU(getattr(kafka_broker, "pid_path", None))
@@ -260,7 +261,9 @@ def test_end_to_end(benchmark, case: Case, sources, kafka_broker, results) -> No
         "targets": targets,
         "loadavg_after": list(os.getloadavg()),
     }
-    results("end_to_end").record(case.id, record)
+    results("end_to_end").record(
+        case.id if threads == os.cpu_count() else f"{case.id}-t{threads}", record
+    )
     benchmark.extra_info.update({k: round(v, 3) for k, v in head.items()})
     benchmark.extra_info.update(
         {f"{k} fps": round(v["fps_median"], 1) for k, v in pipelines.items()}
