@@ -98,9 +98,17 @@ class Received:
 
     def __init__(self, cams: Sequence[str]) -> None:
         self.offsets: dict[str, list[int]] = {c: [] for c in cams}
+        self._seen: dict[str, set[int]] = {c: set() for c in cams}
 
     def add(self, cam: str, offset: int) -> None:
         self.offsets.setdefault(cam, []).append(offset)
+        self._seen.setdefault(cam, set()).add(offset)
+
+    def complete(self, cam: str, last: int) -> bool:
+        """Every offset up to ``last`` arrived (with B-frames the last offset is not the last
+        frame shown, so its arrival does not end the camera's stream)."""
+        seen = self._seen.get(cam, set())
+        return len(seen) > last and last in seen
 
     def add_batch(self, batch: Any) -> int:
         """Record the valid slots of a comux ``Batch``; returns how many there were."""
@@ -195,6 +203,7 @@ def run_comux(
         if hooked:
             pool._writer = first.wrap(inner)
         remaining = set(cams)
+        fifo = policy == "fifo"
         cx.start()
         begun = progress = time.perf_counter()
         last_batch, max_gap = None, 0.0
@@ -224,7 +233,9 @@ def run_comux(
                 for cam, index, ok in zip(
                     batch.cam_ids, batch.indices.tolist(), batch.valid.tolist(), strict=True
                 ):
-                    if ok and index >= last[cam]:
+                    # fifo: every offset; latest: the last one, its older frames were replaced
+                    done = got.complete(cam, last[cam]) if fifo else ok and index >= last[cam]
+                    if done:
                         remaining.discard(cam)
         t1, c1 = time.perf_counter(), time.process_time()
         stats = cx.stats()
@@ -305,8 +316,9 @@ def run_ceiling(
         ready.wait()
         n = 0
         mark = first.mark
-        for cam, data in order:
-            for frame in ctxs[cam].decode(av.Packet(data)):
+        ends = [(cam, None) for cam in group]  # the frames a decoder holds for B-frames
+        for cam, data in [*order, *ends]:
+            for frame in ctxs[cam].decode(None if data is None else av.Packet(data)):
                 if cached:
                     scalers[cam].reformat(frame, format="rgb24", width=width, height=height)
                 else:
@@ -335,6 +347,7 @@ def run_ceiling_kafka(
     bootstrap: str,
     template: str,
     cams: Sequence[str],
+    last: Mapping[str, int],
     total: int,
     width: int,
     height: int,
@@ -370,8 +383,11 @@ def run_ceiling_kafka(
                 item = q.get()
                 if item is None:
                     break
-                cam, data = item
-                for frame in ctxs[cam].decode(av.Packet(data)):
+                cam, data, ends = item
+                frames = list(ctxs[cam].decode(av.Packet(data)))
+                if ends:  # its last packet: the frames held for B-frames come out too
+                    frames += ctxs[cam].decode(None)
+                for frame in frames:
                     scalers[cam].reformat(frame, format="rgb24", width=width, height=height)
                     first.mark()
                     n += 1
@@ -409,7 +425,7 @@ def run_ceiling_kafka(
                 if msg.error():
                     continue
                 cam = topic_cam[msg.topic()]
-                queues[worker_of[cam]].put((cam, msg.value()))
+                queues[worker_of[cam]].put((cam, msg.value(), msg.offset() >= last[cam]))
             while done.acquire(blocking=False):
                 frames += 1
         t1, c1 = time.perf_counter(), time.process_time()
@@ -484,14 +500,19 @@ def run_naive(
                     msg: Any = consumer.poll(0.05)
                     if msg is None or msg.error():
                         continue
-                    for frame in ctx.decode(av.Packet(msg.value())):
+                    frames = list(ctx.decode(av.Packet(msg.value())))
+                    if msg.offset() >= last[cam]:  # held for B-frames until the stream ends
+                        frames += ctx.decode(None)
+                    for frame in frames:
+                        # The frame's own offset: pts counts frames from 0 on these topics.
+                        offset = msg.offset() if frame.pts is None else frame.pts
                         if frame.width != width or frame.height != height:
                             arr = frame.to_ndarray(format="rgb24", width=width, height=height)
                         else:
                             arr = frame.to_ndarray(format="rgb24")
                         first.mark()
                         n += 1
-                        if not _put(q, (msg.offset(), arr), stop):
+                        if not _put(q, (offset, arr), stop):
                             return
             finally:
                 consumer.close()
@@ -531,7 +552,7 @@ def run_naive(
             progress = time.perf_counter()
             for cam, offset, _ in items:
                 got.add(cam, offset)
-                if offset >= last[cam]:
+                if got.complete(cam, last[cam]):
                     remaining.discard(cam)
         t1, c1 = time.perf_counter(), time.process_time()
     finally:

@@ -11,7 +11,9 @@ backlog of the same cameras from the earliest offset (fresh consumer group ids e
 * ``comux``: ``Comux(decode_threads=os.cpu_count())``, ``setup_consumers(end=False,
   max_offset_diff=None)``, ``setup_decoders(rate=None, W, H, policy="fifo")``,
   ``get_batch(stacked=True)`` in a loop releasing each batch, until the caller has received
-  every camera's LAST offset; fifo, so every frame must arrive: the run records whether each
+  every offset of every camera (with B-frames the last offset is not the last frame shown);
+  every contender flushes the frames its decoder holds back at the end of each stream;
+  fifo, so every frame must arrive: the run records whether each
   offset arrived exactly once (never asserted) and, as ``frames_decoded``, the old count
   (``stats()["delivered"]``: frames converted into a slot);
 * ``ceiling``: the same packets, fetched from Kafka into memory beforehand, decoded by PyAV and
@@ -177,7 +179,7 @@ def test_end_to_end(benchmark, case: Case, sources, kafka_broker, results) -> No
         "ceiling": lambda: run_ceiling(pub.packets, cams, w, h, threads),
         "ceiling_uncached": lambda: run_ceiling(pub.packets, cams, w, h, threads, cached=False),
         "ceiling_kafka": lambda: run_ceiling_kafka(
-            bootstrap, pub.template, cams, total, w, h, threads
+            bootstrap, pub.template, cams, pub.last, total, w, h, threads
         ),
         "naive": lambda: run_naive(bootstrap, pub.template, cams, pub.last, w, h),
     }

@@ -13,8 +13,9 @@ The hand-off takes no lock and lives in the compiled core (``_ext/ring.pyx``, pr
 the buffer is still open under the same number; the sealer closes a buffer first and then waits
 for any writer that claimed it. C atomics order both sides, so a buffer is never written once it
 belongs to a Batch, with or without the GIL. Adding, removing or moving a camera freezes only
-the rows it touches, for one row copy. Decoders take the sealer's condition only to wake it,
-once per camera per batch.
+the rows it touches, for one row copy. Decoders take the sealer's condition only to wake it:
+with a batch's first frame and with the frame the sealer waits for (each buffer counts its
+written rows; the sealer says how many it waits for).
 
 The rows are the ring: a separate ring of frame records beside them would only say what the
 rows' own metadata already says, and under ``"latest"`` a record cannot be replaced in place by
