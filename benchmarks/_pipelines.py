@@ -504,8 +504,10 @@ def run_naive(
                     if msg.offset() >= last[cam]:  # held for B-frames until the stream ends
                         frames += ctx.decode(None)
                     for frame in frames:
-                        # The frame's own offset: pts counts frames from 0 on these topics.
-                        offset = msg.offset() if frame.pts is None else frame.pts
+                        # No map from frame to packet here: the camera's k-th frame out counts
+                        # as offset k (one frame per message), so every frame once reads as
+                        # every offset once, B-frames or not.
+                        offset = n
                         if frame.width != width or frame.height != height:
                             arr = frame.to_ndarray(format="rgb24", width=width, height=height)
                         else:
