@@ -115,6 +115,21 @@ def test_bframes_give_decoder_delay_and_can_be_turned_off(synthetic):
     assert plain == list(range(12))
 
 
+def test_gop_none_encodes_as_libx264_does_by_default():
+    """b-pyramid (a B-frame referenced by others) and keyframes at the scene cuts, which come
+    at uneven intervals: the dynamic GOPs of a real encoder, not a fixed one."""
+    packets = list(synthetic_packets(W, H, 300, gop=None, bframes=3, seed=7))
+    keys = [i for i, p in enumerate(packets) if p.keyframe]
+    gaps = {b - a for a, b in itertools.pairwise(keys)}
+    assert len(keys) >= 3 and len(gaps) >= 2, keys
+    pts = [p.pts for p in packets]
+    assert sorted(pts) == list(range(300)) and pts != sorted(pts)
+    # b-pyramid: a B-frame comes before the B-frames shown around it (e.g. pts 4, 2, 1, 3)
+    assert any(a > b > c for a, b, c in zip(pts, pts[1:], pts[2:], strict=False))
+    frames = decode(packets)
+    assert [read_frame_number(f.to_ndarray(format="gray")) for f in frames] == list(range(300))
+
+
 def test_synthetic_packets_are_deterministic_and_the_seed_matters(synthetic):
     again = list(synthetic_packets(W, H, 30, fps=25, gop=10, bframes=2))
     assert [p.data for p in again] == [p.data for p in synthetic]
