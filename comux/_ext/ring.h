@@ -8,10 +8,11 @@
  * while another thread moves its rows.
  *
  * The claim is Dekker's pattern: the writer stores `writing` then loads `seq`, the sealer
- * stores `seq` then loads `writing` (the same with `frozen` for a freezer). Acquire/release
- * alone does not order a store before a later load, so those four accesses are sequentially
- * consistent; everything else is acquire/release or relaxed, as commented. Nothing here takes a
- * lock, allocates or touches Python: every function may run without the GIL.
+ * stores `seq` then loads `writing` (the same with `frozen` for a freezer); a buffer's count of
+ * written rows and the sealer's `wake_at` are another such pair. Acquire/release alone does not
+ * order a store before a later load, so those accesses are sequentially consistent; everything
+ * else is acquire/release or relaxed, as commented. Nothing here takes a lock, allocates or
+ * touches Python: every function may run without the GIL.
  *
  * A row's metadata (index, pts, timestamp, corrupt) is written plainly before `written` is
  * stored with release; the sealer reads it only after the claim on that buffer ended, which
@@ -32,11 +33,11 @@
 
 enum {
     COMUX_WRITTEN = 0,      /* a new frame in its row */
-    COMUX_WRITTEN_WAKE = 1, /* ... the first of the filling buffer, or the one the sealer awaits */
-    COMUX_REPLACED = 2,        /* replaced the row's older frame (rows.replaced_index) */
-    COMUX_FULL = 3,            /* fifo: no open buffer for its next frame yet */
-    COMUX_GONE = 4,            /* the camera has no row any more */
-    COMUX_FROZEN = 5,          /* its rows are being moved: wait, then claim again */
+    COMUX_WRITTEN_WAKE = 1, /* ... the filling buffer's first, or the one the sealer awaits */
+    COMUX_REPLACED = 2,     /* replaced the row's older frame (rows.replaced_index) */
+    COMUX_FULL = 3,         /* fifo: no open buffer for its next frame yet */
+    COMUX_GONE = 4,         /* the camera has no row any more */
+    COMUX_FROZEN = 5,       /* its rows are being moved: wait, then claim again */
 };
 
 typedef struct {
