@@ -1,7 +1,7 @@
 """One camera: its queue of packets, its decoder, its rows in the batches and its counters.
 
-Data flows one way. The poll thread appends each message to the camera's queue
-(:meth:`Camera.offer`); a decode thread, one at a time, decodes it (:meth:`Camera.run`)
+Data flows one way. The poll thread appends each run of messages to the camera's queue
+(:meth:`Camera.offer_run`); a decode thread, one at a time, decodes them (:meth:`Camera.run`)
 straight into the camera's rows of the batch buffers; the sealer hands the rows out.
 Backpressure runs the other way without dropping anything: a full queue pauses the camera's
 partition, and a fifo camera whose rows are all taken keeps its decoded frames and stops
@@ -150,10 +150,6 @@ class Camera:
         self.decoder.closed = True
 
     # -- poll thread -------------------------------------------------------------------------
-
-    def offer(self, msg: Message) -> bool:
-        """Queue one message for the decoder; True when the partition should pause."""
-        return self.offer_run([msg])
 
     def offer_run(self, msgs: list[Message]) -> bool:
         """Queue consecutive messages of its topic, one wake-up for all; True: pause it."""

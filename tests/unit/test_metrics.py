@@ -251,7 +251,7 @@ def test_a_real_comux_scrape_equals_its_stats():
             camera.end_offset = len(msgs) + 10
             for m in msgs:
                 m._topic = f"raw.{cam_id}"
-                camera.offer(m)
+                camera.offer_run([m])
         deadline = time.monotonic() + 30
         while not all(
             s["packets"] == len(clip) + (cam_id == "b") and s["queued"] == 0 and s["silent"]

@@ -36,7 +36,7 @@ def copy_into(frame: Any, out: np.ndarray) -> None:
     np.copyto(out, frame)
 
 
-def setup(ring: ModuleType, count: int = 3, fifo: bool = True) -> tuple[Any, Any, list[Any]]:
+def open_ring(ring: ModuleType, count: int = 3, fifo: bool = True) -> tuple[Any, Any, list[Any]]:
     r = ring.Ring(count)
     bufs = [ring.Buffer(i, None, np.zeros((2, 1), np.uint8)) for i in range(count)]
     for buf in bufs:
@@ -47,7 +47,7 @@ def setup(ring: ModuleType, count: int = 3, fifo: bool = True) -> tuple[Any, Any
 
 
 def test_a_fifo_row_takes_one_buffer_a_frame_until_none_is_open(ring):
-    r, rows, bufs = setup(ring)
+    r, rows, bufs = open_ring(ring)
     got = [r.publish(rows, np.uint8(i), i, 10 * i, False, copy_into) for i in range(4)]
     assert got == [ring.WRITTEN_WAKE, ring.WRITTEN, ring.WRITTEN, ring.FULL]
     assert [int(b.frames[0, 0]) for b in bufs] == [0, 1, 2]
@@ -56,7 +56,7 @@ def test_a_fifo_row_takes_one_buffer_a_frame_until_none_is_open(ring):
 
 
 def test_a_latest_row_replaces_its_frame_and_says_which(ring):
-    r, rows, bufs = setup(ring, fifo=False)
+    r, rows, bufs = open_ring(ring, fifo=False)
     assert r.publish(rows, np.uint8(7), 7, -1, False, copy_into) == ring.WRITTEN_WAKE
     assert r.publish(rows, None, 8, -1, False, copy_into) == ring.REPLACED  # a failed packet
     assert rows.replaced_index == 7
@@ -65,7 +65,7 @@ def test_a_latest_row_replaces_its_frame_and_says_which(ring):
 
 
 def test_a_burst_goes_one_buffer_ahead_only_while_the_model_waits(ring):
-    r, rows, bufs = setup(ring, fifo=False)
+    r, rows, bufs = open_ring(ring, fifo=False)
     r.publish(rows, np.uint8(1), 1, -1, False, copy_into)
     r.publish(rows, np.uint8(2), 2, -1, True, copy_into)  # nobody waits: replaces
     r.model_waiting = True
@@ -75,7 +75,7 @@ def test_a_burst_goes_one_buffer_ahead_only_while_the_model_waits(ring):
 
 
 def test_a_sealed_buffer_takes_no_frame_and_reopens_last(ring):
-    r, rows, bufs = setup(ring)
+    r, rows, bufs = open_ring(ring)
     sealed = r.seal()
     assert sealed is bufs[0] and sealed.seq == -1 and r.filling_seq == 1
     r.wait_writers([rows], sealed)
@@ -85,7 +85,7 @@ def test_a_sealed_buffer_takes_no_frame_and_reopens_last(ring):
 
 
 def test_a_removed_row_is_gone_and_a_failed_writer_leaves_no_claim(ring):
-    r, rows, bufs = setup(ring)
+    r, rows, bufs = open_ring(ring)
 
     def broken(frame: Any, out: np.ndarray) -> None:
         raise RuntimeError("writer failed")
@@ -98,7 +98,7 @@ def test_a_removed_row_is_gone_and_a_failed_writer_leaves_no_claim(ring):
 
 
 def test_a_replaced_buffer_takes_the_old_one_s_number(ring):
-    r, rows, bufs = setup(ring)
+    r, rows, bufs = open_ring(ring)
     fresh = ring.Buffer(9, None, np.zeros((2, 1), np.uint8))
     r.frozen = True
     r.wait_idle(rows)
